@@ -1,0 +1,72 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "Blue-green deploys of a Docker Compose app over SSH"
+)]
+pub struct Cli {
+    /// Project directory holding inventory/, templates/, playbooks/ and migrations/.
+    #[arg(long, global = true, env = "SLIPWAY_ROOT", default_value = ".")]
+    pub root: PathBuf,
+
+    /// More detail on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the release, ship it, migrate, and switch traffic to it on each node.
+    Deploy {
+        #[command(flatten)]
+        target: Target,
+        /// Git commit, branch or tag to deploy.
+        #[arg(long = "ref", default_value = "HEAD")]
+        git_ref: String,
+    },
+    /// Show what runs on each node.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate configuration and reach every node without changing anything.
+    Check {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Inspect the environment's lock.
+    Lock {
+        #[command(subcommand)]
+        command: LockCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Show every node's lock holder.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Environment name: inventory/<env>.yml.
+    pub env: String,
+    /// Only these nodes (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub limit: Vec<String>,
+}

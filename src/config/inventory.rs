@@ -1,0 +1,390 @@
+//! Inventory files: `inventory/all.yml` holds settings shared by every environment,
+//! `inventory/<env>.yml` the environment's nodes and its overrides. Each file is checked on
+//! its own (so an unknown key names its file and line), then the two are merged, the
+//! environment's values winning.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+use super::SHARED_FILE;
+use crate::error::Error;
+
+/// Everything an environment's deploy needs to know, defaults filled in.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Application name; part of every compose project name.
+    pub app: String,
+    /// Where slipway keeps its state on a node (one subdirectory per app and environment).
+    pub state_dir: String,
+    /// known_hosts file used to verify node host keys (default `~/.ssh/known_hosts`).
+    pub known_hosts: Option<String>,
+    pub build: Build,
+    /// Port nginx publishes on each node.
+    pub http_port: u16,
+    /// Address nginx binds on each node.
+    pub http_bind: String,
+    pub database: Database,
+    pub health: Health,
+    /// Seconds the old color keeps running after the switch so in-flight requests finish.
+    pub drain_seconds: u64,
+    /// Seconds Docker waits after SIGTERM before it kills an app container.
+    pub stop_grace_seconds: u64,
+    /// Snapshots older than this are pruned (never the newest).
+    pub snapshot_retention_days: u64,
+    /// The playbook a deploy runs.
+    pub playbook: String,
+    pub nodes: Vec<NodeSpec>,
+    /// Free variables for the templates.
+    pub vars: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Build {
+    /// Build context, relative to the repository root.
+    pub context: String,
+    /// Dockerfile, relative to the context.
+    pub dockerfile: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    pub name: String,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    pub path: String,
+    pub port: u16,
+    /// Seconds the new color has to become healthy.
+    pub timeout_seconds: u64,
+    /// Milliseconds between probes.
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Connection {
+    #[default]
+    Ssh,
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Private key file; without one the ssh-agent is asked.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub connection: Connection,
+    /// Per-node template variables, over the environment's.
+    #[serde(default)]
+    pub vars: BTreeMap<String, Value>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            app: String::new(),
+            state_dir: "/var/lib/slipway".into(),
+            known_hosts: None,
+            build: Build::default(),
+            http_port: 80,
+            http_bind: "0.0.0.0".into(),
+            database: Database::default(),
+            health: Health::default(),
+            drain_seconds: 5,
+            stop_grace_seconds: 15,
+            snapshot_retention_days: 7,
+            playbook: "playbooks/deploy.yml".into(),
+            nodes: Vec::new(),
+            vars: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Build {
+    fn default() -> Self {
+        Build {
+            context: ".".into(),
+            dockerfile: "Dockerfile".into(),
+        }
+    }
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            name: "app".into(),
+            user: "app".into(),
+        }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: "/health".into(),
+            port: 8080,
+            timeout_seconds: 60,
+            interval_ms: 500,
+        }
+    }
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+/// Reads, checks and merges the shared file and the environment's file.
+pub fn load(root: &Path, env: &str) -> Result<Settings, Error> {
+    let env_file = format!("inventory/{env}.yml");
+    if !root.join(&env_file).exists() {
+        return Err(Error::config(
+            &env_file,
+            format!("environment `{env}` has no inventory file"),
+            format!("create {env_file} (see inventory/staging.yml for the shape)"),
+        ));
+    }
+
+    let shared = read_checked(root, SHARED_FILE, false)?;
+    let own = read_checked(root, &env_file, true)?;
+    let merged = merge(shared, own);
+
+    let settings: Settings = serde_yaml::from_value(merged)
+        .map_err(|e| Error::config(&env_file, e.to_string(), "correct the value"))?;
+    validate(&settings, &env_file)?;
+    Ok(settings)
+}
+
+/// Parses one file and checks it against the schema on its own, so errors name it.
+fn read_checked(root: &Path, file: &str, required: bool) -> Result<Value, Error> {
+    let path = root.join(file);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(Value::Mapping(Default::default()))
+        }
+        Err(e) => {
+            return Err(Error::config(
+                file,
+                format!("cannot read: {e}"),
+                "make the file readable",
+            ))
+        }
+    };
+
+    let value: Value = serde_yaml::from_str(&text)
+        .map_err(|e| Error::config(file, format!("not valid YAML: {e}"), "fix the syntax"))?;
+    let value = match value {
+        Value::Null => Value::Mapping(Default::default()),
+        other => other,
+    };
+    serde_yaml::from_value::<Settings>(value.clone()).map_err(|e| {
+        Error::config(
+            file,
+            format!("{e}{}", locate(&text, &e.to_string())),
+            "remove or rename the key; see inventory/staging.yml for every known key",
+        )
+    })?;
+    Ok(value)
+}
+
+/// serde_yaml loses positions once a document is a `Value`; find the offending key's line.
+fn locate(text: &str, message: &str) -> String {
+    let Some(key) = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("unknown field"))
+    else {
+        return String::new();
+    };
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .trim_start_matches("- ")
+                .starts_with(&format!("{key}:"))
+        })
+        .map(|n| format!(" (line {})", n + 1))
+        .unwrap_or_default()
+}
+
+/// Deep-merges mappings; anything else in `over` replaces what is in `base`.
+fn merge(base: Value, over: Value) -> Value {
+    match (base, over) {
+        (Value::Mapping(mut base), Value::Mapping(over)) => {
+            for (key, value) in over {
+                let merged = match base.remove(&key) {
+                    Some(old) => merge(old, value),
+                    None => value,
+                };
+                base.insert(key, merged);
+            }
+            Value::Mapping(base)
+        }
+        (_, over) => over,
+    }
+}
+
+fn validate(settings: &Settings, file: &str) -> Result<(), Error> {
+    if settings.app.is_empty() || !is_slug(&settings.app) {
+        return Err(Error::config(
+            SHARED_FILE,
+            format!("key `app` is missing or invalid ({:?})", settings.app),
+            "set `app:` to a lowercase name of letters, digits and dashes",
+        ));
+    }
+    if settings.nodes.is_empty() {
+        return Err(Error::config(
+            file,
+            "key `nodes` lists no node",
+            "add at least one node under `nodes:`",
+        ));
+    }
+
+    let mut seen = std::collections::BTreeSet::new();
+    for node in &settings.nodes {
+        validate_node(node, file)?;
+        if !seen.insert(node.name.as_str()) {
+            return Err(Error::config(
+                file,
+                format!("node name `{}` appears twice", node.name),
+                "give every node a unique name",
+            ));
+        }
+    }
+
+    if !settings.health.path.starts_with('/') {
+        return Err(Error::config(
+            file,
+            format!(
+                "key `health.path` must start with `/` (got {:?})",
+                settings.health.path
+            ),
+            "write the health endpoint's path, e.g. /health",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_node(node: &NodeSpec, file: &str) -> Result<(), Error> {
+    let at = format!("node `{}`", node.name);
+    if !is_slug(&node.name) {
+        return Err(Error::config(
+            file,
+            format!("{at}: key `name` must be lowercase letters, digits and dashes"),
+            "rename the node",
+        ));
+    }
+    if node.connection == Connection::Local {
+        return Ok(());
+    }
+
+    let Some(address) = &node.address else {
+        return Err(Error::config(
+            file,
+            format!("{at}: key `address` is missing"),
+            "add `address:` (an IP address or host name) or set `connection: local`",
+        ));
+    };
+    if !is_valid_address(address) {
+        return Err(Error::config(
+            file,
+            format!("{at}: key `address` is malformed: {address:?}"),
+            "write an IPv4/IPv6 address or a DNS host name",
+        ));
+    }
+    if node.port == 0 {
+        return Err(Error::config(
+            file,
+            format!("{at}: key `port` must be between 1 and 65535"),
+            "use the node's SSH port, usually 22",
+        ));
+    }
+    if node.user.as_deref().unwrap_or("").is_empty() {
+        return Err(Error::config(
+            file,
+            format!("{at}: key `user` is missing"),
+            "add `user:` with the SSH user that runs docker on the node",
+        ));
+    }
+    Ok(())
+}
+
+fn is_slug(value: &str) -> bool {
+    !value.is_empty()
+        && !value.starts_with('-')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// An IP address, or a DNS name whose labels are letters, digits and inner dashes.
+/// A dotted string of digits that is not an IPv4 address is malformed.
+pub fn is_valid_address(value: &str) -> bool {
+    if value.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    if value.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return false;
+    }
+    value.len() <= 253
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert!(is_valid_address("10.0.0.1"));
+        assert!(is_valid_address("::1"));
+        assert!(is_valid_address("node-a.example.org"));
+        assert!(!is_valid_address("10.0.0"));
+        assert!(!is_valid_address("300.1.1.1"));
+        assert!(!is_valid_address("node_a"));
+        assert!(!is_valid_address("-bad.example"));
+        assert!(!is_valid_address(""));
+    }
+
+    #[test]
+    fn merge_overrides_scalars_and_merges_maps() {
+        let base: Value = serde_yaml::from_str("a: 1\nvars: {x: 1, y: 2}").unwrap();
+        let over: Value = serde_yaml::from_str("vars: {y: 3}").unwrap();
+        let merged: Value = merge(base, over);
+        let expected: Value = serde_yaml::from_str("a: 1\nvars: {x: 1, y: 3}").unwrap();
+        assert_eq!(merged, expected);
+    }
+
+    #[test]
+    fn locates_unknown_key() {
+        let text = "app: x\nnodez: []\n";
+        let msg = "unknown field `nodez`, expected one of ...";
+        assert_eq!(locate(text, msg), " (line 2)");
+    }
+}

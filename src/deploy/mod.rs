@@ -1,0 +1,240 @@
+//! `slipway deploy`: validate everything, take every node's lock, build, then run the
+//! playbook on each node. A node that fails undoes its own change and says what it did.
+
+mod steps;
+mod undo;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::{Environment, NodeSpec};
+use crate::error::Error;
+use crate::image::{self, Release};
+use crate::lock::{self, Holder, Lock};
+use crate::migrate::{self, Migration};
+use crate::node::Node;
+use crate::playbook::Playbook;
+use crate::render::{self, Images, ReleaseVars, Renderer};
+use crate::report::Reporter;
+use crate::{fleet, paths::Paths};
+
+pub struct Options {
+    pub git_ref: String,
+    pub limit: Vec<String>,
+}
+
+/// What every node's deploy shares.
+pub struct Shared {
+    pub renderer: Renderer,
+    pub images: Images,
+    pub release: Release,
+    pub playbook: Playbook,
+    pub migrations: Vec<Migration>,
+    pub deploy_id: String,
+    pub reporter: Arc<Reporter>,
+}
+
+/// How one node's deploy ended.
+pub struct Outcome {
+    pub node: String,
+    pub result: Result<(), anyhow::Error>,
+    pub timings: Vec<(String, Duration)>,
+    pub bytes: u64,
+}
+
+pub async fn run(
+    root: &Path,
+    env_name: &str,
+    opts: &Options,
+    reporter: Arc<Reporter>,
+) -> anyhow::Result<()> {
+    let env = Arc::new(Environment::load(root, env_name)?);
+    let playbook = Playbook::load(root, &env.settings.playbook)?;
+    let specs = fleet::select(&env, &opts.limit)?;
+    let renderer = Renderer::new(root);
+    let tags = image::infra_tags(root)?;
+    for spec in &specs {
+        prerender(&env, spec, &renderer, &tags)?;
+    }
+
+    let (name, commit) = image::resolve(root, &opts.git_ref).await.map_err(|e| {
+        Error::config(
+            "--ref",
+            e.to_string(),
+            "pass a commit, branch or tag that exists",
+        )
+    })?;
+    let migrations = migrate::load(root, &commit)
+        .await
+        .map_err(|e| Error::config("migrations/", format!("{e:#}"), "fix the migration files"))?;
+    let deploy_id = format!(
+        "d-{}-{}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S"),
+        std::process::id()
+    );
+
+    let nodes = connect_all(&env, &specs).await?;
+    let locks = lock_all(&nodes, &deploy_id, &reporter).await?;
+
+    reporter.info(
+        "local",
+        &format!("building release {name} ({})", &commit[..7]),
+    );
+    let images = image::build_infra(root).await?;
+    let release = image::build_app(&env, &name, &commit).await?;
+
+    let shared = Arc::new(Shared {
+        renderer,
+        images,
+        release,
+        playbook,
+        migrations,
+        deploy_id,
+        reporter: reporter.clone(),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (node, lock) in nodes.into_iter().zip(locks) {
+        let shared = shared.clone();
+        tasks.spawn(async move { steps::deploy_node(node, lock, shared).await });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        outcomes.push(done.context("a node's deploy task panicked")?);
+    }
+    conclude(outcomes, &reporter, &shared.release)
+}
+
+/// Renders every template once for the node so undefined variables surface now.
+fn prerender(
+    env: &Environment,
+    spec: &NodeSpec,
+    renderer: &Renderer,
+    images: &Images,
+) -> Result<(), Error> {
+    let release = ReleaseVars {
+        name: "0000000-check".into(),
+        commit: "0".repeat(40),
+        image: "slipway/check".into(),
+    };
+    let paths = Paths::new(env);
+    let ctx = render::context(
+        env,
+        &spec.name,
+        &paths,
+        images,
+        Some(&release),
+        Some("blue"),
+        Some("blue"),
+    );
+    for template in render::ALL {
+        renderer.render(template, &ctx)?;
+    }
+    Ok(())
+}
+
+async fn connect_all(env: &Arc<Environment>, specs: &[NodeSpec]) -> anyhow::Result<Vec<Node>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let (env, spec) = (env.clone(), spec.clone());
+        tasks.spawn(async move { (i, fleet::connect(&env, &spec).await) });
+    }
+
+    let mut nodes: Vec<(usize, Node)> = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done? {
+            (i, Ok(node)) => nodes.push((i, node)),
+            (_, Err(e)) => errors.push(e),
+        }
+    }
+    if let Some(first) = errors.into_iter().next() {
+        return Err(first.context("nothing was changed on any node"));
+    }
+    nodes.sort_by_key(|(i, _)| *i);
+    Ok(nodes.into_iter().map(|(_, n)| n).collect())
+}
+
+/// Takes the lock on every node, or on none: a refusal releases those already taken.
+async fn lock_all(
+    nodes: &[Node],
+    deploy_id: &str,
+    reporter: &Reporter,
+) -> anyhow::Result<Vec<Lock>> {
+    let mut locks = Vec::new();
+    for node in nodes {
+        reporter.step(&node.name, "lock");
+        match lock::acquire(node, Holder::new(deploy_id, "deploy")).await {
+            Ok(lock) => locks.push(lock),
+            Err(e) => {
+                for (lock, node) in locks.into_iter().zip(nodes) {
+                    let _ = lock.release(node).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(locks)
+}
+
+fn conclude(outcomes: Vec<Outcome>, reporter: &Reporter, release: &Release) -> anyhow::Result<()> {
+    let total = outcomes.len();
+    let mut failures = Vec::new();
+    for outcome in outcomes {
+        match outcome.result {
+            Ok(()) => reporter.finish(
+                &outcome.node,
+                &format!(
+                    "live: {} ({})",
+                    release.name,
+                    summary(&outcome.timings, outcome.bytes)
+                ),
+            ),
+            Err(e) => {
+                reporter.finish(&outcome.node, "FAILED");
+                failures.push(e);
+            }
+        }
+    }
+
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        n => {
+            for e in &failures {
+                eprintln!("{}", crate::redact::redact(&format!("error: {e:#}")));
+            }
+            Err(Error::Nodes { failed: n, total }.into())
+        }
+    }
+}
+
+fn summary(timings: &[(String, Duration)], bytes: u64) -> String {
+    let total: Duration = timings.iter().map(|(_, d)| *d).sum();
+    let steps: Vec<String> = timings
+        .iter()
+        .map(|(s, d)| format!("{s} {:.1}s", d.as_secs_f64()))
+        .collect();
+    format!(
+        "{:.1}s: {}; shipped {:.1} MB",
+        total.as_secs_f64(),
+        steps.join(", "),
+        bytes as f64 / 1e6
+    )
+}
+
+/// Measures a step.
+pub(crate) struct Timer(Instant);
+
+impl Timer {
+    pub fn start() -> Self {
+        Timer(Instant::now())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}

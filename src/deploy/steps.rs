@@ -1,0 +1,561 @@
+//! The built-in steps of a deploy on one node, and the loop that runs a playbook.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::{Outcome, Shared, Timer};
+use crate::health;
+use crate::history::{self, Record};
+use crate::host::Input;
+use crate::image;
+use crate::lock::Lock;
+use crate::migrate::{self, Migration};
+use crate::node::{quote, Node};
+use crate::playbook::{Custom, Params, Place, Step};
+use crate::render::{self, ReleaseVars};
+use crate::snapshot;
+use crate::switch;
+
+/// Free space a node needs under its state directory before a deploy starts.
+const MIN_FREE_BYTES: u64 = 1 << 30;
+
+/// One node's deploy in progress: what it changed so far, so a failure can be undone.
+pub(super) struct Deploy {
+    pub node: Node,
+    pub shared: Arc<Shared>,
+    pub lock: Lock,
+    pub old_color: Option<String>,
+    pub old_release: Option<String>,
+    pub new_color: &'static str,
+    pub pending: Vec<Migration>,
+    pub started_new: bool,
+    pub switched: bool,
+    pub old_stopped: bool,
+    pub snapshot: Option<String>,
+    pub schema_version: Option<u64>,
+    pub bytes: u64,
+    pub timings: Vec<(String, Duration)>,
+}
+
+pub(super) async fn deploy_node(node: Node, lock: Lock, shared: Arc<Shared>) -> Outcome {
+    let mut deploy = Deploy {
+        node,
+        shared,
+        lock,
+        old_color: None,
+        old_release: None,
+        new_color: "blue",
+        pending: Vec::new(),
+        started_new: false,
+        switched: false,
+        old_stopped: false,
+        snapshot: None,
+        schema_version: None,
+        bytes: 0,
+        timings: Vec::new(),
+    };
+
+    let result = deploy.run_playbook().await;
+    let result = match result {
+        Ok(()) => Ok(()),
+        Err((step, cause)) => Err(deploy.undo(&step, cause).await),
+    };
+
+    let name = deploy.node.name.clone();
+    if let Err(e) = deploy.lock.release(&deploy.node).await {
+        deploy
+            .shared
+            .reporter
+            .info(&name, &format!("could not release the lock cleanly: {e:#}"));
+    }
+    Outcome {
+        node: name,
+        result,
+        timings: deploy.timings,
+        bytes: deploy.bytes,
+    }
+}
+
+impl Deploy {
+    async fn run_playbook(&mut self) -> Result<(), (String, anyhow::Error)> {
+        let steps = self.shared.playbook.steps.clone();
+        for step in &steps {
+            let name = step.name().to_string();
+            self.shared.reporter.step(&self.node.name, &name);
+            self.lock.step(&self.node, &name).await;
+
+            let timer = Timer::start();
+            let result = match step {
+                Step::Builtin { name, params } => self.builtin(name, params).await,
+                Step::Run(custom) => self.custom(custom).await,
+            };
+            self.timings.push((name.clone(), timer.elapsed()));
+            result.map_err(|e| (name, e))?;
+        }
+        Ok(())
+    }
+
+    async fn builtin(&mut self, name: &str, params: &Params) -> anyhow::Result<()> {
+        match name {
+            "preflight" => self.preflight().await,
+            "ship_images" => self.ship_images().await,
+            "upload_bundle" => self.upload_bundle().await,
+            "ensure_infra" => self.ensure_infra().await,
+            "snapshot" => self.snapshot().await,
+            "migrate" => self.migrate().await,
+            "start_color" => self.start_color().await,
+            "health_gate" => self.health_gate(params).await,
+            "switch" => self.switch().await,
+            "verify" => self.verify().await,
+            "drain" => self.drain(params).await,
+            "record" => self.record().await,
+            other => bail!("step `{other}` has no implementation"),
+        }
+    }
+
+    fn info(&self, message: &str) {
+        self.shared.reporter.info(&self.node.name, message);
+    }
+
+    /// Docker, compose, free disk, a clean schema, and which color is live.
+    async fn preflight(&mut self) -> anyhow::Result<()> {
+        let node = &self.node;
+        let docker = node
+            .sh("docker version --format '{{.Server.Version}}'")
+            .await
+            .context("Docker is not usable by this user on the node")?;
+        let compose = node
+            .sh("docker compose version --short")
+            .await
+            .context("the docker compose plugin is missing on the node")?;
+        tracing::info!(node = %node.name, docker = docker.trim(), compose = compose.trim(), "preflight");
+
+        self.check_free_space().await?;
+        self.old_color = switch::active_color(node).await?;
+        self.old_release = history::read(node).await?.last().map(|r| r.release.clone());
+        self.new_color = self.old_color.as_deref().map_or("blue", switch::other);
+
+        if self.database_running().await? {
+            let state = migrate::state(node).await?;
+            if state.dirty {
+                bail!(dirty_message(state.version));
+            }
+            self.pending = migrate::pending(&self.shared.migrations, state);
+            self.schema_version = state.version;
+        } else {
+            self.pending = self.shared.migrations.clone();
+        }
+        Ok(())
+    }
+
+    async fn check_free_space(&self) -> anyhow::Result<()> {
+        let base = quote(self.node.paths.base());
+        let out = self
+            .node
+            .sh(&format!("mkdir -p {base} && df -Pk {base} | tail -n 1"))
+            .await?;
+        let free_kb: u64 = out
+            .split_whitespace()
+            .nth(3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if free_kb * 1024 < MIN_FREE_BYTES {
+            bail!(
+                "only {} MB free under {}; at least {} MB are needed",
+                free_kb / 1024,
+                self.node.paths.base(),
+                MIN_FREE_BYTES >> 20
+            );
+        }
+        Ok(())
+    }
+
+    async fn database_running(&self) -> anyhow::Result<bool> {
+        let ps = self
+            .node
+            .run(
+                &format!(
+                    "[ -f {} ] && {}",
+                    quote(&self.node.paths.infra_compose()),
+                    self.node.infra_compose("ps --status running --services")
+                ),
+                Input::None,
+            )
+            .await?;
+        Ok(ps.success() && ps.stdout().lines().any(|s| s.trim() == "db"))
+    }
+
+    async fn ship_images(&mut self) -> anyhow::Result<()> {
+        let images = &self.shared.images;
+        for tag in [&images.postgres, &images.nginx, &self.shared.release.image] {
+            let sent = image::ship(&self.node, tag).await?;
+            if sent > 0 {
+                self.info(&format!("shipped {tag} ({:.1} MB)", sent as f64 / 1e6));
+            }
+            self.bytes += sent;
+        }
+        Ok(())
+    }
+
+    /// Secrets (0600), then the release's compose and env files as one directory, renamed
+    /// into place.
+    async fn upload_bundle(&mut self) -> anyhow::Result<()> {
+        for (file, value) in self.node.env.secrets.files() {
+            let path = format!("{}/{file}", self.node.paths.secrets_dir());
+            self.node
+                .write_file(&path, value.as_bytes().to_vec(), 0o600)
+                .await?;
+        }
+
+        let ctx = self.context(Some(self.new_color));
+        let compose = self.shared.renderer.render(render::APP_COMPOSE, &ctx)?;
+        let env_file = self.shared.renderer.render(render::APP_ENV, &ctx)?;
+        let bundle = tar_of(&[
+            ("app.yml", compose.as_bytes()),
+            ("app.env", env_file.as_bytes()),
+        ])?;
+
+        let dir = self.node.paths.release_dir(&self.shared.release.name);
+        let tmp = format!("{dir}.partial");
+        let command = format!(
+            "rm -rf {tmp} && mkdir -p {tmp} && tar -x -C {tmp} && chmod 600 {tmp}/app.env && rm -rf {dir} && mv {tmp} {dir}",
+            tmp = quote(&tmp),
+            dir = quote(&dir)
+        );
+        self.bytes += bundle.len() as u64;
+        self.node.sh_with(&command, Input::Bytes(bundle)).await?;
+        Ok(())
+    }
+
+    /// Starts the database and nginx if they are not running; never recreates them.
+    async fn ensure_infra(&mut self) -> anyhow::Result<()> {
+        let ctx = self.context(None);
+        let infra = self.shared.renderer.render(render::INFRA_COMPOSE, &ctx)?;
+        self.node
+            .write_file(&self.node.paths.infra_compose(), infra.into_bytes(), 0o644)
+            .await?;
+        self.node
+            .sh(&format!(
+                "mkdir -p {}",
+                quote(&self.node.paths.snapshots_dir())
+            ))
+            .await?;
+        switch::ensure_config(
+            &self.node,
+            &self.shared.renderer,
+            &self.shared.images,
+            self.old_color.as_deref(),
+        )
+        .await?;
+
+        let running = self
+            .node
+            .sh(&self.node.infra_compose("ps --status running --services"))
+            .await?;
+        let running: Vec<&str> = running.lines().map(str::trim).collect();
+        if running.contains(&"db") && running.contains(&"nginx") {
+            return Ok(());
+        }
+        self.info("starting the database and nginx");
+        self.node
+            .sh(&self
+                .node
+                .infra_compose("up -d --no-recreate --wait --wait-timeout 120 db nginx"))
+            .await
+            .context("starting the database and nginx")?;
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            self.info("no pending migration: snapshot skipped");
+            return Ok(());
+        }
+        if self.schema_version.is_none() {
+            self.info("empty database: snapshot skipped before the first migration");
+            return Ok(());
+        }
+
+        let pruned = snapshot::prune(&self.node).await?;
+        if !pruned.is_empty() {
+            self.info(&format!("pruned {} old snapshot(s)", pruned.len()));
+        }
+        let name = snapshot::take(&self.node, &self.shared.release.commit).await?;
+        self.info(&format!("snapshot {name}"));
+        self.snapshot = Some(name);
+        Ok(())
+    }
+
+    async fn migrate(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.schema_version.is_some() {
+            match &self.snapshot {
+                Some(name) => snapshot::verify_present(&self.node, name).await?,
+                None => bail!("refusing to migrate without a verified snapshot"),
+            }
+        }
+
+        let applied = migrate::apply(&self.node, &self.pending)
+            .await
+            .map_err(|e| {
+                let snap = self
+                    .snapshot
+                    .as_deref()
+                    .unwrap_or("none (the database was empty)");
+                e.context(format!(
+                    "snapshot taken before migrating: {snap}; the tool never forces the version: \
+                 inspect schema_migrations, fix the migration, then recover"
+                ))
+            })?;
+        let state = migrate::state(&self.node).await?;
+        self.schema_version = state.version;
+        self.info(&format!(
+            "migrations applied: {:?}; schema version {}",
+            applied,
+            state.version.map_or("none".into(), |v| v.to_string())
+        ));
+        Ok(())
+    }
+
+    /// Starts the idle color with the new release, after clearing any leftover of it.
+    async fn start_color(&mut self) -> anyhow::Result<()> {
+        let color = self.new_color;
+        self.remove_color(color).await?;
+        self.started_new = true;
+
+        let up = self.node.color_compose(
+            color,
+            &self.shared.release.name,
+            "up -d --no-build --pull never --remove-orphans",
+        );
+        self.node
+            .sh(&up)
+            .await
+            .with_context(|| format!("starting the {color} color"))?;
+        Ok(())
+    }
+
+    async fn health_gate(&mut self, params: &Params) -> anyhow::Result<()> {
+        let timeout = params
+            .timeout_seconds
+            .unwrap_or(self.node.env.settings.health.timeout_seconds);
+        let url = health::color_url(&self.node, self.new_color);
+        let release = &self.shared.release;
+
+        let color = self.new_color;
+        let report = health::wait_for(
+            &self.node,
+            &url,
+            &release.name,
+            &release.commit,
+            Duration::from_secs(timeout),
+            Some(color),
+        )
+        .await
+        .with_context(|| format!("the {color} color never became healthy"))?;
+        if report.schema_version.is_some() {
+            self.schema_version = report.schema_version;
+        }
+        Ok(())
+    }
+
+    async fn switch(&mut self) -> anyhow::Result<()> {
+        self.switched = true;
+        switch::point_nginx(
+            &self.node,
+            &self.shared.renderer,
+            &self.shared.images,
+            Some(self.new_color),
+        )
+        .await?;
+        switch::record_active(&self.node, Some(self.new_color)).await?;
+        self.info(&format!("switched to {}", self.new_color));
+        Ok(())
+    }
+
+    async fn verify(&mut self) -> anyhow::Result<()> {
+        let url = health::nginx_url(&self.node);
+        let release = &self.shared.release;
+        health::wait_for(
+            &self.node,
+            &url,
+            &release.name,
+            &release.commit,
+            Duration::from_secs(15),
+            None,
+        )
+        .await
+        .context("nginx does not serve the new release")?;
+        Ok(())
+    }
+
+    /// Lets the old color finish in-flight requests, then stops it (kept for rollback).
+    async fn drain(&mut self, params: &Params) -> anyhow::Result<()> {
+        let Some(old) = self.old_color.clone() else {
+            return Ok(());
+        };
+        let seconds = params
+            .seconds
+            .unwrap_or(self.node.env.settings.drain_seconds);
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+
+        let grace = self.node.env.settings.stop_grace_seconds;
+        let ids = self.color_containers(&old, false).await?;
+        if !ids.is_empty() {
+            self.node
+                .sh(&format!("docker stop -t {grace} {}", ids.join(" ")))
+                .await?;
+        }
+        self.old_stopped = true;
+        Ok(())
+    }
+
+    async fn record(&mut self) -> anyhow::Result<()> {
+        let release = &self.shared.release;
+        let record = Record {
+            action: "deploy".into(),
+            release: release.name.clone(),
+            commit: release.commit.clone(),
+            image: release.image.clone(),
+            image_id: release.image_id.clone(),
+            color: self.new_color.to_string(),
+            deployed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            deployed_by: deployer(),
+            deploy_id: self.shared.deploy_id.clone(),
+            schema_version: self.schema_version,
+        };
+        history::append(&self.node, &record).await?;
+
+        let current = self.node.paths.current();
+        let rel = format!("releases/{}", release.name);
+        self.node
+            .sh(&format!(
+                "ln -sfn {rel} {tmp} && mv -T {tmp} {cur}",
+                rel = quote(&rel),
+                tmp = quote(&format!("{current}.tmp")),
+                cur = quote(&current)
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn custom(&mut self, custom: &Custom) -> anyhow::Result<()> {
+        let command = match custom.place {
+            Place::Node => custom.command.clone(),
+            Place::App => self.node.color_compose(
+                self.new_color,
+                &self.shared.release.name,
+                &format!("exec -T app sh -c {}", quote(&custom.command)),
+            ),
+        };
+        let out = self.node.sh(&command).await?;
+        for line in out.lines().take(20) {
+            self.info(&format!("{}: {line}", custom.name));
+        }
+        Ok(())
+    }
+
+    pub(super) fn context(&self, color: Option<&str>) -> serde_json::Value {
+        let release = &self.shared.release;
+        let vars = ReleaseVars {
+            name: release.name.clone(),
+            commit: release.commit.clone(),
+            image: release.image.clone(),
+        };
+        render::context(
+            &self.node.env,
+            &self.node.name,
+            &self.node.paths,
+            &self.shared.images,
+            Some(&vars),
+            Some(color.unwrap_or(self.new_color)),
+            self.old_color.as_deref(),
+        )
+    }
+
+    /// IDs of this environment's containers of `color` (running only, or all).
+    pub(super) async fn color_containers(
+        &self,
+        color: &str,
+        all: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let env = &self.node.env;
+        let out = self
+            .node
+            .sh(&format!(
+                "docker ps -q {} --filter label=slipway.app={} --filter label=slipway.env={} --filter label=slipway.color={}",
+                if all { "-a" } else { "" },
+                quote(&env.settings.app),
+                quote(&env.name),
+                quote(color)
+            ))
+            .await?;
+        Ok(out.split_whitespace().map(String::from).collect())
+    }
+
+    /// Removes every container of `color` in this environment.
+    pub(super) async fn remove_color(&self, color: &str) -> anyhow::Result<()> {
+        let ids = self.color_containers(color, true).await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let grace = self.node.env.settings.stop_grace_seconds;
+        self.node
+            .sh(&format!(
+                "docker stop -t {grace} {ids} >/dev/null; docker rm -f {ids} >/dev/null",
+                ids = ids.join(" ")
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// The last lines the new color's app logged, for the failure message.
+    pub(super) async fn new_color_logs(&self) -> String {
+        let Ok(ids) = self.color_containers(self.new_color, true).await else {
+            return String::new();
+        };
+        let Some(id) = ids.first() else {
+            return String::new();
+        };
+        match self
+            .node
+            .run(&format!("docker logs --tail 15 {id} 2>&1"), Input::None)
+            .await
+        {
+            Ok(out) => out.stdout().trim_end().to_string(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+pub(super) fn dirty_message(version: Option<u64>) -> String {
+    let v = version.map_or("?".into(), |v| v.to_string());
+    format!(
+        "the database is dirty at migration version {v}: a migration failed half-way. Nothing was changed. \
+         Restore the snapshot taken before it or repair the schema by hand, then set \
+         schema_migrations to the last good version with dirty = false, and deploy again"
+    )
+}
+
+fn deployer() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
+fn tar_of(files: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(chrono::Utc::now().timestamp() as u64);
+        header.set_cksum();
+        builder.append_data(&mut header, name, *bytes)?;
+    }
+    Ok(builder.into_inner()?)
+}

@@ -1,0 +1,85 @@
+//! Choosing and reaching the nodes of an environment.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{Connection, Environment, NodeSpec};
+use crate::error::Error;
+use crate::host::{Host, LocalHost, SshHost, SshTarget};
+use crate::node::Node;
+use crate::paths::Paths;
+
+/// The nodes `--limit` selects (all when it is empty). Unknown names are an error.
+pub fn select(env: &Environment, limit: &[String]) -> Result<Vec<NodeSpec>, Error> {
+    let file = format!("inventory/{}.yml", env.name);
+    if limit.is_empty() {
+        return Ok(env.settings.nodes.clone());
+    }
+
+    for name in limit {
+        if !env.settings.nodes.iter().any(|n| &n.name == name) {
+            let known: Vec<&str> = env.settings.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(Error::config(
+                &file,
+                format!("--limit names node `{name}`, which the environment does not have"),
+                format!("use one of: {}", known.join(", ")),
+            ));
+        }
+    }
+    Ok(env
+        .settings
+        .nodes
+        .iter()
+        .filter(|n| limit.contains(&n.name))
+        .cloned()
+        .collect())
+}
+
+/// Opens the one connection a node gets for the whole operation.
+pub async fn connect(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<Node> {
+    let host: Box<dyn Host> = match spec.connection {
+        Connection::Local => Box::new(LocalHost),
+        Connection::Ssh => {
+            let target = SshTarget {
+                address: spec.address.clone().unwrap_or_default(),
+                port: spec.port,
+                user: spec.user.clone().unwrap_or_default(),
+                key: spec.key.as_deref().map(|k| env.path(k)),
+                known_hosts: env.path(
+                    env.settings
+                        .known_hosts
+                        .as_deref()
+                        .unwrap_or("~/.ssh/known_hosts"),
+                ),
+            };
+            Box::new(
+                SshHost::connect(target)
+                    .await
+                    .with_context(|| format!("{}: cannot connect", spec.name))?,
+            )
+        }
+    };
+
+    Ok(Node {
+        name: spec.name.clone(),
+        spec: spec.clone(),
+        env: env.clone(),
+        paths: Paths::new(env),
+        host,
+    })
+}
+
+/// Where nginx answers for a node, as seen from the workstation.
+pub fn url(env: &Environment, spec: &NodeSpec) -> String {
+    let host = match spec.connection {
+        Connection::Local => "127.0.0.1".to_string(),
+        Connection::Ssh => spec.address.clone().unwrap_or_default(),
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("http://{host}:{}/", env.settings.http_port)
+}

@@ -1,0 +1,143 @@
+//! Health probes, made from inside the environment's nginx container (nodes have no curl):
+//! straight to a color's app to gate a switch, and through nginx to verify it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde::Deserialize;
+
+use crate::host::Input;
+use crate::node::{quote, Node};
+
+/// The app's health document (the parts slipway reads).
+#[derive(Debug, Clone, Deserialize, Default, serde::Serialize)]
+pub struct Report {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub git_commit: String,
+    #[serde(default)]
+    pub schema_version: Option<u64>,
+}
+
+/// One probe's result.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub http_status: u16,
+    pub report: Option<Report>,
+    pub error: Option<String>,
+}
+
+impl Probe {
+    pub fn is_healthy(&self) -> bool {
+        self.http_status == 200
+            && self
+                .report
+                .as_ref()
+                .is_some_and(|r| r.status == "healthy" || r.status == "degraded")
+    }
+
+    pub fn describe(&self) -> String {
+        if let Some(e) = &self.error {
+            return e.clone();
+        }
+        match &self.report {
+            Some(r) => format!(
+                "HTTP {} status={} version={}",
+                self.http_status, r.status, r.version
+            ),
+            None => format!(
+                "HTTP {} with a body that is not a health document",
+                self.http_status
+            ),
+        }
+    }
+}
+
+/// GETs `url` from inside the nginx container.
+pub async fn probe(node: &Node, url: &str, timeout: Duration) -> anyhow::Result<Probe> {
+    let curl = format!(
+        "exec -T nginx curl -sS -m {} -w '\\n%{{http_code}}' {}",
+        timeout.as_secs().max(1),
+        quote(url)
+    );
+    let out = node.run(&node.infra_compose(&curl), Input::None).await?;
+    let text = out.stdout();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    let http_status = code.trim().parse().unwrap_or(0);
+
+    Ok(Probe {
+        http_status,
+        report: serde_json::from_str(body).ok(),
+        error: (!out.success()).then(|| out.tail(2)),
+    })
+}
+
+/// The URL of a color's app on the environment's network.
+pub fn color_url(node: &Node, color: &str) -> String {
+    let h = &node.env.settings.health;
+    format!("http://app-{color}:{}{}", h.port, h.path)
+}
+
+/// The URL of the health endpoint through nginx, as seen from inside the nginx container.
+pub fn nginx_url(node: &Node) -> String {
+    format!("http://127.0.0.1:80{}", node.env.settings.health.path)
+}
+
+/// Waits until `url` reports healthy with the expected version and commit. Fails at the
+/// deadline, or at once when the app container of `color` (if given) is no longer running.
+pub async fn wait_for(
+    node: &Node,
+    url: &str,
+    version: &str,
+    commit: &str,
+    timeout: Duration,
+    color: Option<&str>,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let interval = Duration::from_millis(node.env.settings.health.interval_ms.max(100));
+    let mut last = String::from("no answer yet");
+
+    while started.elapsed() < timeout {
+        let probe = probe(node, url, Duration::from_secs(3)).await?;
+        if let Some(report) = probe.report.clone().filter(|_| probe.is_healthy()) {
+            if report.version == version && report.git_commit == commit {
+                return Ok(report);
+            }
+            last = format!(
+                "healthy but reports version {} commit {}, expected {version} {commit}",
+                report.version, report.git_commit
+            );
+        } else {
+            last = probe.describe();
+        }
+
+        if let Some(color) = color.filter(|_| started.elapsed() > Duration::from_secs(1)) {
+            if !container_running(node, color).await? {
+                bail!("the container exited; last probe: {last}");
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+    bail!(
+        "not healthy after {}s; last probe: {last}",
+        timeout.as_secs()
+    )
+}
+
+/// Whether this environment's app container of `color` is running.
+pub async fn container_running(node: &Node, color: &str) -> anyhow::Result<bool> {
+    let env = &node.env;
+    let out = node
+        .sh(&format!(
+            "docker ps -q --filter status=running --filter label=slipway.app={} \
+             --filter label=slipway.env={} --filter label=slipway.color={}",
+            quote(&env.settings.app),
+            quote(&env.name),
+            quote(color)
+        ))
+        .await?;
+    Ok(!out.trim().is_empty())
+}

@@ -1,0 +1,336 @@
+//! Nodes reached over SSH (russh): one connection per node, reused by every step.
+//!
+//! The host key is checked against known_hosts before authentication; an unknown or changed
+//! key ends the connection before any command runs. Agent forwarding is never requested.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use async_trait::async_trait;
+use russh::client::{self, Handle};
+use russh::keys::{load_secret_key, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::ChannelMsg;
+use tokio::io::AsyncReadExt;
+
+use super::known_hosts::{self, Verdict};
+use super::{Held, Host, Input, Output};
+
+/// How to reach one node.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    /// Private key file; `None` asks the ssh-agent.
+    pub key: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct SshHost {
+    target: SshTarget,
+    handle: Handle<Verifier>,
+    sent: Arc<AtomicU64>,
+}
+
+impl SshHost {
+    /// Connects, verifies the host key and authenticates.
+    pub async fn connect(target: SshTarget) -> anyhow::Result<Self> {
+        let verdict = Arc::new(Mutex::new(None));
+        let verifier = Verifier {
+            target: target.clone(),
+            verdict: verdict.clone(),
+        };
+
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 4,
+            inactivity_timeout: None,
+            nodelay: true,
+            ..Default::default()
+        });
+        let addr = (target.address.as_str(), target.port);
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, client::connect(config, addr, verifier)).await;
+
+        let mut handle = match connected {
+            Err(_) => bail!(
+                "no SSH answer from {}:{} within {}s",
+                target.address,
+                target.port,
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            Ok(Err(e)) => return Err(refusal(&target, &verdict).unwrap_or_else(|| anyhow!(e))),
+            Ok(Ok(handle)) => handle,
+        };
+
+        authenticate(&mut handle, &target).await?;
+        Ok(SshHost {
+            target,
+            handle,
+            sent: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    async fn exec(&self, command: &str) -> anyhow::Result<russh::Channel<client::Msg>> {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .with_context(|| format!("{}: cannot open an SSH channel", self.describe()))?;
+        channel.exec(true, command).await?;
+        Ok(channel)
+    }
+}
+
+/// Turns a host key refusal recorded during the handshake into a message that says how to
+/// fix it.
+fn refusal(
+    target: &SshTarget,
+    verdict: &Mutex<Option<(Verdict, String)>>,
+) -> Option<anyhow::Error> {
+    let (verdict, offered) = verdict.lock().ok()?.clone()?;
+    let host = known_hosts::host_pattern(&target.address, target.port);
+    match verdict {
+        Verdict::Trusted => None,
+        Verdict::Unknown { file } => Some(anyhow!(
+            "host key of {host} is not known (offered {offered}); nothing was run there. \
+             Check the fingerprint out of band, then add it to {}, e.g. \
+             `ssh-keyscan -H -p {} {} >> {}` and compare the fingerprint",
+            file.display(),
+            target.port,
+            target.address,
+            file.display()
+        )),
+        Verdict::Changed { file, line, known } => Some(anyhow!(
+            "HOST KEY CHANGED for {host}: {}:{line} has {known}, the host now offers {offered}; \
+             nothing was run there. If the node was rebuilt, remove that line \
+             (`ssh-keygen -R '{host}' -f {}`) and trust the new key; otherwise treat this as an attack",
+            file.display(),
+            file.display()
+        )),
+    }
+}
+
+async fn authenticate(handle: &mut Handle<Verifier>, target: &SshTarget) -> anyhow::Result<()> {
+    let who = format!("{}@{}:{}", target.user, target.address, target.port);
+    let ok = match &target.key {
+        Some(path) => authenticate_with_file(handle, target, path).await?,
+        None => authenticate_with_agent(handle, target).await?,
+    };
+    if !ok {
+        bail!(
+            "{who}: the server refused the key; check that its public half is in ~{}/.ssh/authorized_keys on the node",
+            target.user
+        );
+    }
+    Ok(())
+}
+
+async fn authenticate_with_file(
+    handle: &mut Handle<Verifier>,
+    target: &SshTarget,
+    path: &PathBuf,
+) -> anyhow::Result<bool> {
+    check_key_permissions(path)?;
+    let key = load_secret_key(path, None)
+        .with_context(|| format!("cannot load the private key {}", path.display()))?;
+    let hash = handle.best_supported_rsa_hash().await?.flatten();
+    let auth = handle
+        .authenticate_publickey(
+            &target.user,
+            PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+        )
+        .await?;
+    Ok(auth.success())
+}
+
+async fn authenticate_with_agent(
+    handle: &mut Handle<Verifier>,
+    target: &SshTarget,
+) -> anyhow::Result<bool> {
+    let mut agent = russh::keys::agent::client::AgentClient::connect_env()
+        .await
+        .context("no `key:` is set for this node and no ssh-agent is reachable (SSH_AUTH_SOCK)")?;
+    let hash = handle.best_supported_rsa_hash().await?.flatten();
+    for identity in agent.request_identities().await? {
+        let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity else {
+            continue;
+        };
+        let auth = handle
+            .authenticate_publickey_with(&target.user, key, hash, &mut agent)
+            .await
+            .map_err(|e| anyhow!("ssh-agent: {e:?}"))?;
+        if auth.success() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A private key readable by group or others is refused, as OpenSSH does.
+fn check_key_permissions(path: &PathBuf) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the private key {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "private key {} is readable by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Host for SshHost {
+    fn describe(&self) -> String {
+        format!(
+            "{}@{}:{}",
+            self.target.user, self.target.address, self.target.port
+        )
+    }
+
+    async fn run(&self, command: &str, input: Input) -> anyhow::Result<Output> {
+        let channel = self.exec(command).await?;
+        let (mut reader, writer) = channel.split();
+
+        let sent = self.sent.clone();
+        let feed = tokio::spawn(async move {
+            let result = match input {
+                Input::None => Ok(()),
+                Input::Bytes(bytes) => {
+                    sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    writer.data_bytes(bytes).await
+                }
+                Input::Stream(mut stream) => pump(&mut stream, &writer, &sent).await,
+            };
+            let _ = writer.eof().await;
+            result
+        });
+
+        let mut out = Output::default();
+        while let Some(msg) = reader.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.code = Some(exit_status as i32),
+                _ => {}
+            }
+        }
+
+        feed.abort();
+        if out.code.is_none() && self.handle.is_closed() {
+            bail!(
+                "{}: the SSH connection was lost while a command ran",
+                self.describe()
+            );
+        }
+        Ok(out)
+    }
+
+    async fn hold(&self, command: &str) -> anyhow::Result<Box<dyn Held>> {
+        let channel = self.exec(command).await?;
+        Ok(Box::new(SshHeld {
+            channel,
+            pending: Vec::new(),
+            exited: false,
+        }))
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// Copies a stream into the channel in chunks, counting bytes.
+async fn pump(
+    stream: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    writer: &russh::ChannelWriteHalf<client::Msg>,
+    sent: &AtomicU64,
+) -> Result<(), russh::Error> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await.map_err(russh::Error::IO)?;
+        if n == 0 {
+            return Ok(());
+        }
+        sent.fetch_add(n as u64, Ordering::Relaxed);
+        writer.data_bytes(buf[..n].to_vec()).await?;
+    }
+}
+
+struct SshHeld {
+    channel: russh::Channel<client::Msg>,
+    pending: Vec<u8>,
+    exited: bool,
+}
+
+#[async_trait]
+impl Held for SshHeld {
+    async fn read_line(&mut self) -> anyhow::Result<Option<String>> {
+        loop {
+            if let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=pos).collect();
+                return Ok(Some(String::from_utf8_lossy(&line).trim_end().to_string()));
+            }
+            if self.exited {
+                return Ok(None);
+            }
+            match self.channel.wait().await {
+                Some(ChannelMsg::Data { data }) => self.pending.extend_from_slice(&data),
+                Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => {
+                    self.exited = true
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    async fn release(mut self: Box<Self>) -> anyhow::Result<Option<i32>> {
+        self.channel.eof().await?;
+        let mut code = None;
+        while let Some(msg) = self.channel.wait().await {
+            if let ChannelMsg::ExitStatus { exit_status } = msg {
+                code = Some(exit_status as i32);
+            }
+        }
+        Ok(code)
+    }
+}
+
+/// The russh handler: verifies the host key and records why it refused one.
+struct Verifier {
+    target: SshTarget,
+    verdict: Arc<Mutex<Option<(Verdict, String)>>>,
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        offered: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key: &PublicKey = match offered {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(_) => return Ok(false),
+        };
+        let t = &self.target;
+        let verdict = known_hosts::verify(&t.known_hosts, &t.address, t.port, key);
+        let trusted = verdict == Verdict::Trusted;
+        if let Ok(mut slot) = self.verdict.lock() {
+            *slot = Some((verdict, known_hosts::fingerprint(key)));
+        }
+        Ok(trusted)
+    }
+}

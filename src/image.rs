@@ -1,0 +1,224 @@
+//! Images without a registry: the app image is built on the workstation from the release's
+//! commit, the database and nginx images from `templates/images/`, and each is streamed to
+//! a node over its SSH connection (`docker save | docker load`) only when the node lacks it.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+use crate::config::Environment;
+use crate::host::Input;
+use crate::node::{quote, Node};
+use crate::render::Images;
+
+/// One build of the application.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Release {
+    /// `<sha7>-<UTC timestamp>`.
+    pub name: String,
+    pub commit: String,
+    pub built_at: String,
+    pub image: String,
+    pub image_id: String,
+}
+
+/// Resolves `git_ref` in the project's repository and names a new release for it.
+pub async fn resolve(root: &Path, git_ref: &str) -> anyhow::Result<(String, String)> {
+    let out = Command::new("git")
+        .current_dir(root)
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{git_ref}^{{commit}}"),
+        ])
+        .output()
+        .await
+        .context("cannot run git")?;
+    if !out.status.success() {
+        bail!(
+            "`{git_ref}` is not a commit, branch or tag of the repository at {}",
+            root.display()
+        );
+    }
+    let commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    Ok((format!("{}-{stamp}", &commit[..7]), commit))
+}
+
+/// Builds the app image from the commit's tree (never from uncommitted files).
+pub async fn build_app(env: &Environment, name: &str, commit: &str) -> anyhow::Result<Release> {
+    let build = &env.settings.build;
+    let tag = format!("slipway/{}:{name}", env.settings.app);
+    let built_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+
+    let context = build.context.trim_matches('/');
+    let tree = if context.is_empty() || context == "." {
+        commit.to_string()
+    } else {
+        format!("{commit}:{context}")
+    };
+    let script = format!(
+        "set -o pipefail; git archive --format=tar {tree} | docker build -q -t {tag} -f {file} \
+         --label slipway.app={app} --label slipway.release={name} \
+         --build-arg VERSION={name} --build-arg GIT_COMMIT={commit} --build-arg BUILD_TIME={built_at} -",
+        tree = quote(&tree),
+        tag = quote(&tag),
+        file = quote(&build.dockerfile),
+        app = quote(&env.settings.app),
+    );
+    local_sh(&env.root, &script).await.with_context(|| {
+        format!(
+            "building the app image from {} at {}",
+            build.context,
+            &commit[..7]
+        )
+    })?;
+
+    Ok(Release {
+        name: name.to_string(),
+        commit: commit.to_string(),
+        built_at,
+        image_id: local_image_id(&tag)
+            .await?
+            .context("the image just built is missing")?,
+        image: tag,
+    })
+}
+
+/// Builds the database and nginx images if the workstation lacks them. Their tags carry a
+/// hash of their build files, so a changed Dockerfile gives a new tag.
+pub async fn build_infra(root: &Path) -> anyhow::Result<Images> {
+    Ok(Images {
+        postgres: build_dir_image(root, "postgres").await?,
+        nginx: build_dir_image(root, "nginx").await?,
+    })
+}
+
+/// The infra image tags without building them (for rendering and checks).
+pub fn infra_tags(root: &Path) -> anyhow::Result<Images> {
+    Ok(Images {
+        postgres: dir_tag(root, "postgres")?,
+        nginx: dir_tag(root, "nginx")?,
+    })
+}
+
+async fn build_dir_image(root: &Path, name: &str) -> anyhow::Result<String> {
+    let tag = dir_tag(root, name)?;
+    if local_image_id(&tag).await?.is_some() {
+        return Ok(tag);
+    }
+    let dir = root.join("templates/images").join(name);
+    local_sh(
+        root,
+        &format!(
+            "docker build -q -t {} {}",
+            quote(&tag),
+            quote(&dir.to_string_lossy())
+        ),
+    )
+    .await
+    .with_context(|| format!("building the {name} image from {}", dir.display()))?;
+    Ok(tag)
+}
+
+fn dir_tag(root: &Path, name: &str) -> anyhow::Result<String> {
+    let dir = root.join("templates/images").join(name);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.file_name().unwrap_or_default().as_encoded_bytes());
+        hash.update(std::fs::read(&file)?);
+    }
+    Ok(format!(
+        "slipway/{name}:{}",
+        &hex::encode(hash.finalize())[..12]
+    ))
+}
+
+/// The image ID the workstation's engine has for `tag`.
+pub async fn local_image_id(tag: &str) -> anyhow::Result<Option<String>> {
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .output()
+        .await
+        .context("cannot run docker on this machine")?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+}
+
+/// Ships `tag` to the node unless it already has the same image. Returns bytes sent.
+pub async fn ship(node: &Node, tag: &str) -> anyhow::Result<u64> {
+    if node.host.is_local() {
+        return Ok(0);
+    }
+    let local = local_image_id(tag)
+        .await?
+        .with_context(|| format!("image {tag} is not built"))?;
+    let remote = node
+        .run(
+            &format!("docker image inspect --format '{{{{.Id}}}}' {}", quote(tag)),
+            Input::None,
+        )
+        .await?;
+    if remote.success() && remote.stdout().trim() == local {
+        return Ok(0);
+    }
+
+    let before = node.host.bytes_sent();
+    let mut save = Command::new("docker")
+        .args(["save", tag])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run docker save")?;
+    let stream = save.stdout.take().expect("stdout is piped");
+
+    let loaded = node
+        .run("docker load -q", Input::Stream(Box::pin(stream)))
+        .await?;
+    let saved = save.wait_with_output().await?;
+    if !saved.status.success() {
+        bail!(
+            "docker save {tag} failed: {}",
+            String::from_utf8_lossy(&saved.stderr).trim()
+        );
+    }
+    if !loaded.success() {
+        bail!(
+            "docker load of {tag} failed on the node: {}",
+            loaded.tail(4)
+        );
+    }
+    Ok(node.host.bytes_sent() - before)
+}
+
+/// Runs a shell script on the workstation; the error quotes the end of its output.
+async fn local_sh(root: &Path, script: &str) -> anyhow::Result<String> {
+    let out = Command::new("bash")
+        .current_dir(root)
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .context("cannot run bash on this machine")?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.trim_end().lines().collect();
+        bail!("{}", lines[lines.len().saturating_sub(12)..].join("\n"));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,164 @@
+//! The environment's lock on a node.
+//!
+//! `flock` on `<base>/lock`, held by a command that lives as long as our SSH channel (or
+//! local pipe): when slipway exits, is killed, or loses its connection, the command's stdin
+//! closes, it exits, and the kernel drops the lock. Nothing is ever left stale. A JSON file
+//! beside the lock says who holds it and what step they are in; it is informational only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::host::{Held, Input};
+use crate::node::{quote, Node};
+
+/// Exit code `flock -E` uses when the lock is taken.
+const BUSY: i32 = 75;
+
+/// Who holds a lock, as written beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Holder {
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    pub deploy_id: String,
+    pub operation: String,
+    pub started_at: String,
+    pub step: String,
+}
+
+impl Holder {
+    pub fn new(deploy_id: &str, operation: &str) -> Self {
+        Holder {
+            user: whoami(),
+            host: hostname(),
+            pid: std::process::id(),
+            deploy_id: deploy_id.to_string(),
+            operation: operation.to_string(),
+            started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            step: "lock".into(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{}@{} pid {} ({} {}, started {}, step `{}`)",
+            self.user,
+            self.host,
+            self.pid,
+            self.operation,
+            self.deploy_id,
+            self.started_at,
+            self.step
+        )
+    }
+}
+
+/// A held lock. Release it explicitly; dropping it also frees the lock once the channel
+/// closes.
+pub struct Lock {
+    held: Box<dyn Held>,
+    holder: Holder,
+}
+
+/// Takes the lock or fails at once with the holder's details (exit code 3).
+pub async fn acquire(node: &Node, holder: Holder) -> anyhow::Result<Lock> {
+    let base = quote(node.paths.base());
+    let lock = quote(&node.paths.lock());
+    let command = format!(
+        "mkdir -p {base} && exec flock -n -E {BUSY} {lock} sh -c 'echo acquired; exec cat >/dev/null'"
+    );
+
+    let mut held = node.host.hold(&command).await?;
+    if held.read_line().await?.as_deref() == Some("acquired") {
+        let lock = Lock { held, holder };
+        write_holder(node, &lock.holder).await?;
+        return Ok(lock);
+    }
+
+    let code = held.release().await?;
+    if code != Some(BUSY) {
+        anyhow::bail!(
+            "cannot take the lock {} (flock exited with {code:?}); check that flock exists and the state directory is writable",
+            node.paths.lock()
+        );
+    }
+    Err(Error::Locked {
+        node: node.name.clone(),
+        env: node.env.name.clone(),
+        holder: read_holder(node)
+            .await
+            .ok()
+            .flatten()
+            .map_or("an unknown holder (no holder file)".into(), |h| {
+                h.describe()
+            }),
+    }
+    .into())
+}
+
+impl Lock {
+    /// Records the step the holder is in, for whoever is refused meanwhile.
+    pub async fn step(&mut self, node: &Node, step: &str) {
+        self.holder.step = step.to_string();
+        if let Err(e) = write_holder(node, &self.holder).await {
+            tracing::warn!(node = %node.name, "cannot update the lock holder file: {e:#}");
+        }
+    }
+
+    /// Removes the holder file while still holding the lock, then lets go.
+    pub async fn release(self, node: &Node) -> anyhow::Result<()> {
+        let holder = quote(&node.paths.lock_holder());
+        node.run(&format!("rm -f {holder}"), Input::None).await?;
+        self.held.release().await?;
+        Ok(())
+    }
+}
+
+/// What `lock status` reports for one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockState {
+    pub locked: bool,
+    pub holder: Option<Holder>,
+}
+
+pub async fn status(node: &Node) -> anyhow::Result<LockState> {
+    let base = quote(node.paths.base());
+    let lock = quote(&node.paths.lock());
+    let probe = format!("[ -d {base} ] || exit 0; flock -n -E {BUSY} {lock} true");
+    let out = node.run(&probe, Input::None).await?;
+
+    let locked = match out.code {
+        Some(0) => false,
+        Some(BUSY) => true,
+        _ => anyhow::bail!("cannot test the lock: {}", out.tail(3)),
+    };
+    let holder = if locked {
+        read_holder(node).await?
+    } else {
+        None
+    };
+    Ok(LockState { locked, holder })
+}
+
+async fn write_holder(node: &Node, holder: &Holder) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(holder)?;
+    node.write_file(&node.paths.lock_holder(), json, 0o644)
+        .await
+}
+
+async fn read_holder(node: &Node) -> anyhow::Result<Option<Holder>> {
+    let text = node.read_file(&node.paths.lock_holder()).await?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+fn whoami() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}

@@ -1,0 +1,107 @@
+use std::sync::Arc;
+
+use clap::Parser;
+use slipway::cli::{Cli, Command, LockCommand};
+use slipway::config::Environment;
+use slipway::error::{exit, exit_code, Error};
+use slipway::redact::redact;
+use slipway::report::Reporter;
+use slipway::{deploy, status};
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => report(&err),
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let root = cli.root;
+    match cli.command {
+        Command::Deploy { target, git_ref } => {
+            let opts = deploy::Options {
+                git_ref,
+                limit: target.limit,
+            };
+            deploy::run(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            Ok(exit::OK)
+        }
+        Command::Status { target, json } => {
+            let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
+            let rows = status::status(env, &target.limit).await?;
+            if json {
+                println!("{}", redact(&serde_json::to_string_pretty(&rows)?));
+            } else {
+                status::print_table(&rows);
+            }
+            Ok(exit::OK)
+        }
+        Command::Check { target } => {
+            let env = Arc::new(Environment::load(&root, &target.env)?);
+            let failed = status::check(env, &target.limit).await?;
+            Ok(if failed == 0 { exit::OK } else { exit::FAILED })
+        }
+        Command::Lock {
+            command: LockCommand::Status { target },
+        } => {
+            let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
+            status::lock_status(env, &target.limit).await?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Prints an error: one clear line (plus hints) for expected ones, the chain for the rest.
+fn report(err: &anyhow::Error) -> i32 {
+    match err.chain().find_map(|c| c.downcast_ref::<Error>()) {
+        Some(ours) => {
+            eprintln!("{}", redact(&format!("error: {ours}")));
+            for hint in ours.hints() {
+                eprintln!("  {}", redact(&hint));
+            }
+        }
+        None => {
+            eprintln!("{}", redact(&format!("error: {err}")));
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {}", redact(&cause.to_string()));
+            }
+        }
+    }
+    exit_code(err)
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("slipway={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(RedactingStderr::default)
+        .with_target(false)
+        .init();
+}
+
+/// stderr, with every secret masked before it is written.
+#[derive(Default)]
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = redact(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}

@@ -1,0 +1,234 @@
+//! Migrations in golang-migrate's layout and bookkeeping.
+//!
+//! Files: `migrations/NNNNNN_name.up.sql` and `.down.sql`, read from the release's commit.
+//! State: the one-row table `schema_migrations (version bigint primary key, dirty boolean)`.
+//! A run holds golang-migrate's advisory lock for the database, and for each pending file
+//! marks the version dirty, runs the file in one transaction, then marks it clean, so either
+//! tool can continue after the other. A file whose version is already recorded by the time
+//! the lock is held is skipped, so two migrators never apply the same file twice.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use tokio::process::Command;
+
+use crate::node::Node;
+
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub version: u64,
+    pub name: String,
+    pub up: String,
+}
+
+/// What `schema_migrations` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SchemaState {
+    pub version: Option<u64>,
+    pub dirty: bool,
+}
+
+/// Reads the migration files of `commit` from the repository.
+pub async fn load(root: &Path, commit: &str) -> anyhow::Result<Vec<Migration>> {
+    let listing = git(
+        root,
+        &["ls-tree", "--name-only", &format!("{commit}:migrations")],
+    )
+    .await;
+    let Ok(listing) = listing else {
+        return Ok(Vec::new());
+    };
+
+    let mut migrations = Vec::new();
+    for file in listing.lines() {
+        let Some((version, name)) = parse_name(file, ".up.sql") else {
+            continue;
+        };
+        if migrations.iter().any(|m: &Migration| m.version == version) {
+            bail!("migrations/{file}: version {version} appears twice");
+        }
+        let up = git(root, &["show", &format!("{commit}:migrations/{file}")]).await?;
+        migrations.push(Migration { version, name, up });
+    }
+    migrations.sort_by_key(|m| m.version);
+    Ok(migrations)
+}
+
+/// `000003_seed.up.sql` -> (3, "seed").
+fn parse_name(file: &str, suffix: &str) -> Option<(u64, String)> {
+    let stem = file.strip_suffix(suffix)?;
+    let (digits, name) = stem.split_once('_')?;
+    let version = digits.parse().ok()?;
+    Some((version, name.to_string()))
+}
+
+/// The migrations newer than the database's version.
+pub fn pending(all: &[Migration], state: SchemaState) -> Vec<Migration> {
+    all.iter()
+        .filter(|m| state.version.is_none_or(|v| m.version > v))
+        .cloned()
+        .collect()
+}
+
+/// Reads `schema_migrations`; an absent table means nothing was ever applied.
+pub async fn state(node: &Node) -> anyhow::Result<SchemaState> {
+    let exists = node
+        .query("SELECT to_regclass('public.schema_migrations') IS NOT NULL;")
+        .await?;
+    if exists != "t" {
+        return Ok(SchemaState::default());
+    }
+
+    let row = node
+        .query("SELECT version || '|' || dirty FROM schema_migrations LIMIT 1;")
+        .await?;
+    let Some((version, dirty)) = row.split_once('|') else {
+        return Ok(SchemaState::default());
+    };
+    Ok(SchemaState {
+        version: Some(
+            version
+                .parse()
+                .context("schema_migrations.version is not a number")?,
+        ),
+        dirty: dirty == "true" || dirty == "t",
+    })
+}
+
+/// golang-migrate's advisory lock key for the postgres driver: CRC-32 of
+/// `schema \0 table \0 database`, times its salt, as an unsigned 32-bit number.
+pub fn advisory_lock_key(database: &str) -> u32 {
+    let name = format!("public\0schema_migrations\0{database}");
+    crc32fast::hash(name.as_bytes()).wrapping_mul(1_486_364_155)
+}
+
+/// The psql script that applies `pending` under the advisory lock.
+pub fn script(pending: &[Migration], database: &str) -> String {
+    let key = advisory_lock_key(database);
+    let mut sql = format!(
+        "SELECT pg_advisory_lock({key});\n\
+         CREATE TABLE IF NOT EXISTS schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);\n\
+         DO $$ BEGIN IF EXISTS (SELECT 1 FROM schema_migrations WHERE dirty) THEN \
+         RAISE EXCEPTION 'slipway: schema_migrations is dirty'; END IF; END $$;\n"
+    );
+
+    for m in pending {
+        let v = m.version;
+        sql.push_str(&format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM schema_migrations WHERE version >= {v}) AS todo \\gset\n\
+             \\if :todo\n\
+             \\echo slipway-migrate-start {v}\n\
+             BEGIN; DELETE FROM schema_migrations; INSERT INTO schema_migrations VALUES ({v}, true); COMMIT;\n\
+             BEGIN;\n{body}\n;\nCOMMIT;\n\
+             BEGIN; DELETE FROM schema_migrations; INSERT INTO schema_migrations VALUES ({v}, false); COMMIT;\n\
+             \\echo slipway-migrate-done {v}\n\
+             \\endif\n",
+            body = m.up.trim_end()
+        ));
+    }
+    sql.push_str(&format!("SELECT pg_advisory_unlock({key});\n"));
+    sql
+}
+
+/// Applies the pending migrations; returns the versions this run applied.
+pub async fn apply(node: &Node, pending: &[Migration]) -> anyhow::Result<Vec<u64>> {
+    let sql = script(pending, &node.env.settings.database.name);
+    let out = node.psql(&sql, "").await?;
+
+    let applied = out
+        .stdout()
+        .lines()
+        .filter_map(|l| l.strip_prefix("slipway-migrate-done "))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    if out.success() {
+        return Ok(applied);
+    }
+
+    let started: Option<u64> = out
+        .stdout()
+        .lines()
+        .filter_map(|l| l.strip_prefix("slipway-migrate-start "))
+        .filter_map(|v| v.trim().parse().ok())
+        .next_back();
+    match started {
+        Some(v) => bail!(
+            "migration {v} failed and the database is now marked dirty at version {v}: {}",
+            out.tail(6)
+        ),
+        None => bail!("migrations could not start: {}", out.tail(6)),
+    }
+}
+
+async fn git(root: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .current_dir(root)
+        .args(args)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(version: u64) -> Migration {
+        Migration {
+            version,
+            name: format!("m{version}"),
+            up: "SELECT 1;".into(),
+        }
+    }
+
+    #[test]
+    fn parses_golang_migrate_names() {
+        assert_eq!(
+            parse_name("000012_add_index.up.sql", ".up.sql"),
+            Some((12, "add_index".into()))
+        );
+        assert_eq!(parse_name("000012_add_index.down.sql", ".up.sql"), None);
+        assert_eq!(parse_name("README.md", ".up.sql"), None);
+    }
+
+    #[test]
+    fn pending_is_everything_after_the_recorded_version() {
+        let all = [m(1), m(2), m(3)];
+        let none = pending(&all, SchemaState::default());
+        assert_eq!(none.len(), 3);
+
+        let two = pending(
+            &all,
+            SchemaState {
+                version: Some(2),
+                dirty: false,
+            },
+        );
+        assert_eq!(two.iter().map(|m| m.version).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn lock_key_matches_golang_migrate() {
+        // golang-migrate: crc32("public\x00schema_migrations\x00events") * 1486364155 (uint32).
+        let expected =
+            crc32fast::hash(b"public\0schema_migrations\0events").wrapping_mul(1_486_364_155);
+        assert_eq!(advisory_lock_key("events"), expected);
+        assert_ne!(advisory_lock_key("events"), advisory_lock_key("other"));
+    }
+
+    #[test]
+    fn script_guards_each_version() {
+        let sql = script(&[m(4)], "events");
+        assert!(sql.contains("WHERE version >= 4) AS todo"));
+        assert!(sql.contains("VALUES (4, true)"));
+        assert!(sql.contains("VALUES (4, false)"));
+        assert!(sql.find("pg_advisory_lock").unwrap() < sql.find("VALUES (4, true)").unwrap());
+    }
+}

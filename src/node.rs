@@ -1,0 +1,133 @@
+//! One node of an environment as the deploy steps see it: its connection plus the names and
+//! paths of the environment on it, with the few remote operations every step builds on.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::config::{Environment, NodeSpec};
+use crate::host::{Host, Input, Output};
+use crate::paths::Paths;
+
+pub struct Node {
+    pub name: String,
+    pub spec: NodeSpec,
+    pub env: Arc<Environment>,
+    pub paths: Paths,
+    pub host: Box<dyn Host>,
+}
+
+/// Quotes one word for `sh`.
+pub fn quote(word: &str) -> String {
+    shlex::try_quote(word)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| "''".into())
+}
+
+impl Node {
+    /// Runs a command and returns its output whatever the exit code.
+    pub async fn run(&self, command: &str, input: Input) -> anyhow::Result<Output> {
+        tracing::debug!(node = %self.name, %command, "run");
+        self.host.run(command, input).await
+    }
+
+    /// Runs a command that must succeed; the error quotes the end of its output.
+    pub async fn sh(&self, command: &str) -> anyhow::Result<String> {
+        self.sh_with(command, Input::None).await
+    }
+
+    pub async fn sh_with(&self, command: &str, input: Input) -> anyhow::Result<String> {
+        let out = self.run(command, input).await?;
+        if !out.success() {
+            bail!(
+                "`{}` exited with {}: {}",
+                short(command),
+                out.code.map_or("no status".into(), |c| c.to_string()),
+                out.tail(8)
+            );
+        }
+        Ok(out.stdout())
+    }
+
+    /// Writes `bytes` to `path` on the node: temporary name, mode, then rename.
+    pub async fn write_file(&self, path: &str, bytes: Vec<u8>, mode: u32) -> anyhow::Result<()> {
+        let tmp = format!("{path}.tmp-slipway");
+        let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
+        let command = format!(
+            "umask 077 && mkdir -p {dir} && cat > {tmp} && chmod {mode:o} {tmp} && mv -f {tmp} {path}",
+            dir = quote(dir),
+            tmp = quote(&tmp),
+            path = quote(path),
+        );
+        self.sh_with(&command, Input::Bytes(bytes))
+            .await
+            .with_context(|| format!("writing {path}"))?;
+        Ok(())
+    }
+
+    /// Reads a file; `None` when it does not exist.
+    pub async fn read_file(&self, path: &str) -> anyhow::Result<Option<String>> {
+        let q = quote(path);
+        let out = self
+            .run(
+                &format!("if [ -f {q} ]; then cat {q}; else exit 44; fi"),
+                Input::None,
+            )
+            .await?;
+        match out.code {
+            Some(0) => Ok(Some(out.stdout())),
+            Some(44) => Ok(None),
+            _ => bail!("cannot read {path}: {}", out.tail(3)),
+        }
+    }
+
+    /// `docker compose` on the environment's database + nginx project.
+    pub fn infra_compose(&self, args: &str) -> String {
+        format!(
+            "docker compose -p {} -f {} {args}",
+            quote(&self.paths.infra_project()),
+            quote(&self.paths.infra_compose())
+        )
+    }
+
+    /// `docker compose` on one color's project, with the compose file of `release`.
+    pub fn color_compose(&self, color: &str, release: &str, args: &str) -> String {
+        format!(
+            "docker compose -p {} -f {} {args}",
+            quote(&self.paths.color_project(color)),
+            quote(&format!("{}/app.yml", self.paths.release_dir(release)))
+        )
+    }
+
+    /// Runs SQL through psql inside the database container, as the database owner over the
+    /// local socket (no password travels). The script comes on stdin.
+    pub async fn psql(&self, script: &str, extra: &str) -> anyhow::Result<Output> {
+        let db = &self.env.settings.database;
+        let command = self.infra_compose(&format!(
+            "exec -T -u postgres db psql -X -q -v ON_ERROR_STOP=1 -U {} -d {} {extra}",
+            quote(&db.user),
+            quote(&db.name)
+        ));
+        self.run(&command, Input::Bytes(script.as_bytes().to_vec()))
+            .await
+    }
+
+    /// Runs a query and returns its unaligned, tuples-only output.
+    pub async fn query(&self, sql: &str) -> anyhow::Result<String> {
+        let out = self.psql(sql, "-A -t").await?;
+        if !out.success() {
+            bail!("database query failed: {}", out.tail(4));
+        }
+        Ok(out.stdout().trim().to_string())
+    }
+}
+
+/// The first words of a command, for messages.
+fn short(command: &str) -> String {
+    let first: String = command.chars().take(120).collect();
+    if first.len() < command.len() {
+        format!("{first}...")
+    } else {
+        first
+    }
+}

@@ -1,0 +1,128 @@
+//! Renders the files a node needs from the minijinja templates in `templates/`.
+//!
+//! Undefined variables are errors (strict mode), so a missing value stops the deploy
+//! before any node is touched.
+
+use std::path::Path;
+
+use minijinja::{path_loader, Environment as Jinja, UndefinedBehavior};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::Environment;
+use crate::error::Error;
+use crate::paths::Paths;
+
+pub const INFRA_COMPOSE: &str = "infra.compose.yml.j2";
+pub const APP_COMPOSE: &str = "app.compose.yml.j2";
+pub const APP_ENV: &str = "app.env.j2";
+pub const NGINX: &str = "nginx.conf.j2";
+
+/// Every template a deploy renders.
+pub const ALL: &[&str] = &[INFRA_COMPOSE, APP_COMPOSE, APP_ENV, NGINX];
+
+/// Names of the images an environment runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Images {
+    pub postgres: String,
+    pub nginx: String,
+}
+
+/// The release a template is rendered for.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseVars {
+    pub name: String,
+    pub commit: String,
+    pub image: String,
+}
+
+pub struct Renderer {
+    jinja: Jinja<'static>,
+}
+
+impl Renderer {
+    pub fn new(root: &Path) -> Self {
+        let mut jinja = Jinja::new();
+        jinja.set_undefined_behavior(UndefinedBehavior::Strict);
+        jinja.set_loader(path_loader(root.join("templates")));
+        jinja.set_keep_trailing_newline(true);
+        Renderer { jinja }
+    }
+
+    /// Renders `template` with `context`; errors name the template, line and variable.
+    pub fn render(&self, template: &str, context: &Value) -> Result<String, Error> {
+        let file = format!("templates/{template}");
+        let tmpl = self.jinja.get_template(template).map_err(|e| {
+            Error::config(&file, describe(&e), "create the template or fix its syntax")
+        })?;
+        tmpl.render(context).map_err(|e| {
+            Error::config(
+                &file,
+                describe(&e),
+                "define the variable under `vars:` in inventory/all.yml or the environment's file",
+            )
+        })
+    }
+}
+
+fn describe(err: &minijinja::Error) -> String {
+    let mut text = err.to_string();
+    if let Some(line) = err.line() {
+        if !text.contains("line") {
+            text.push_str(&format!(" (line {line})"));
+        }
+    }
+    text
+}
+
+/// The variables every template sees for one node of an environment.
+pub fn context(
+    env: &Environment,
+    node: &str,
+    paths: &Paths,
+    images: &Images,
+    release: Option<&ReleaseVars>,
+    color: Option<&str>,
+    active: Option<&str>,
+) -> Value {
+    let s = &env.settings;
+    let spec = s.nodes.iter().find(|n| n.name == node);
+    let mut vars = s.vars.clone();
+    if let Some(spec) = spec {
+        vars.extend(spec.vars.clone());
+    }
+
+    let mut ctx = json!({
+        "app": s.app,
+        "env": env.name,
+        "node": {
+            "name": node,
+            "address": spec.and_then(|n| n.address.clone()),
+            "labels": spec.map(|n| n.labels.clone()).unwrap_or_default(),
+        },
+        "infra_project": paths.infra_project(),
+        "network": paths.network(),
+        "paths": {
+            "base": paths.base(),
+            "secrets": paths.secrets_dir(),
+            "nginx": paths.nginx_dir(),
+            "snapshots": paths.snapshots_dir(),
+        },
+        "images": images,
+        "database": s.database,
+        "health": s.health,
+        "http_port": s.http_port,
+        "http_bind": s.http_bind,
+        "stop_grace_seconds": s.stop_grace_seconds,
+        "secrets": env.secrets.file_names(),
+        "vars": vars,
+        "active": active,
+    });
+
+    if let (Some(release), Some(color)) = (release, color) {
+        ctx["release"] = json!(release);
+        ctx["color"] = json!(color);
+        ctx["color_project"] = json!(paths.color_project(color));
+    }
+    ctx
+}

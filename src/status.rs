@@ -1,0 +1,214 @@
+//! `slipway status`, `slipway check` and `slipway lock status`: read-only looks at nodes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Environment, NodeSpec};
+use crate::error::Error;
+use crate::node::Node;
+use crate::playbook::Playbook;
+use crate::render::{self, Renderer};
+use crate::{fleet, health, history, image, lock, switch};
+
+/// One node's line in `status`.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub url: String,
+    pub color: Option<String>,
+    pub version: Option<String>,
+    pub commit: Option<String>,
+    pub deployed_at: Option<String>,
+    pub deployed_by: Option<String>,
+    pub health: String,
+    pub schema_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub async fn status(env: Arc<Environment>, limit: &[String]) -> anyhow::Result<Vec<NodeStatus>> {
+    let specs = fleet::select(&env, limit)?;
+    let mut rows = Vec::new();
+    for spec in specs {
+        let row = match fleet::connect(&env, &spec).await {
+            Ok(node) => node_status(&node, &spec)
+                .await
+                .unwrap_or_else(|e| unreachable(&env, &spec, e)),
+            Err(e) => unreachable(&env, &spec, e),
+        };
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn unreachable(env: &Environment, spec: &NodeSpec, err: anyhow::Error) -> NodeStatus {
+    NodeStatus {
+        node: spec.name.clone(),
+        url: fleet::url(env, spec),
+        color: None,
+        version: None,
+        commit: None,
+        deployed_at: None,
+        deployed_by: None,
+        health: "unknown".into(),
+        schema_version: None,
+        error: Some(crate::redact::redact(&format!("{err:#}"))),
+    }
+}
+
+async fn node_status(node: &Node, spec: &NodeSpec) -> anyhow::Result<NodeStatus> {
+    let color = switch::active_color(node).await?;
+    let last = history::read(node).await?.into_iter().last();
+    let probe = match &color {
+        Some(_) => {
+            Some(health::probe(node, &health::nginx_url(node), Duration::from_secs(5)).await?)
+        }
+        None => None,
+    };
+    let report = probe.as_ref().and_then(|p| p.report.clone());
+
+    Ok(NodeStatus {
+        node: node.name.clone(),
+        url: fleet::url(&node.env, spec),
+        color,
+        version: last.as_ref().map(|r| r.release.clone()),
+        commit: last.as_ref().map(|r| r.commit.clone()),
+        deployed_at: last.as_ref().map(|r| r.deployed_at.clone()),
+        deployed_by: last.as_ref().map(|r| r.deployed_by.clone()),
+        health: match (&probe, &report) {
+            (None, _) => "not deployed".into(),
+            (Some(_), Some(r)) if !r.status.is_empty() => r.status.clone(),
+            (Some(p), _) => format!("unreachable ({})", p.describe()),
+        },
+        schema_version: report
+            .and_then(|r| r.schema_version)
+            .or(last.and_then(|r| r.schema_version)),
+        error: None,
+    })
+}
+
+pub fn print_table(rows: &[NodeStatus]) {
+    println!(
+        "{:<12} {:<6} {:<26} {:<10} {:<7} {:<21} URL",
+        "NODE", "COLOR", "RELEASE", "HEALTH", "SCHEMA", "DEPLOYED"
+    );
+    for r in rows {
+        println!(
+            "{:<12} {:<6} {:<26} {:<10} {:<7} {:<21} {}",
+            r.node,
+            r.color.as_deref().unwrap_or("-"),
+            r.version.as_deref().unwrap_or("-"),
+            r.health,
+            r.schema_version.map_or("-".into(), |v| v.to_string()),
+            r.deployed_at.as_deref().unwrap_or("-"),
+            r.url
+        );
+        if let Some(e) = &r.error {
+            println!("  {}: {e}", r.node);
+        }
+    }
+}
+
+/// Validates everything that can be validated without changing a node. Returns the number
+/// of nodes that failed their remote checks.
+pub async fn check(env: Arc<Environment>, limit: &[String]) -> anyhow::Result<usize> {
+    let playbook = Playbook::load(&env.root, &env.settings.playbook)?;
+    let specs = fleet::select(&env, limit)?;
+    let renderer = Renderer::new(&env.root);
+    let images = image::infra_tags(&env.root)?;
+    for spec in &specs {
+        check_templates(&env, spec, &renderer, &images)?;
+    }
+    println!(
+        "ok   inventory, secrets file, templates and playbook ({} steps)",
+        playbook.steps.len()
+    );
+
+    let mut failed = 0;
+    for spec in &specs {
+        match check_node(&env, spec).await {
+            Ok(line) => println!("ok   {}: {line}", spec.name),
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "FAIL {}: {}",
+                    spec.name,
+                    crate::redact::redact(&format!("{e:#}"))
+                );
+            }
+        }
+    }
+    Ok(failed)
+}
+
+fn check_templates(
+    env: &Environment,
+    spec: &NodeSpec,
+    renderer: &Renderer,
+    images: &render::Images,
+) -> Result<(), Error> {
+    let release = render::ReleaseVars {
+        name: "0000000-check".into(),
+        commit: "0".repeat(40),
+        image: "slipway/check".into(),
+    };
+    let paths = crate::paths::Paths::new(env);
+    let ctx = render::context(
+        env,
+        &spec.name,
+        &paths,
+        images,
+        Some(&release),
+        Some("blue"),
+        Some("blue"),
+    );
+    for template in render::ALL {
+        renderer.render(template, &ctx)?;
+    }
+    Ok(())
+}
+
+async fn check_node(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<String> {
+    let node = fleet::connect(env, spec).await?;
+    let docker = node
+        .sh("docker version --format '{{.Server.Version}}'")
+        .await?;
+    let compose = node.sh("docker compose version --short").await?;
+    let lock = lock::status(&node).await?;
+    let held = match lock.holder {
+        Some(h) if lock.locked => format!("locked by {}", h.describe()),
+        _ if lock.locked => "locked".into(),
+        _ => "lock free".into(),
+    };
+    Ok(format!(
+        "{} reachable, host key verified, docker {}, compose {}, {held}",
+        node.host.describe(),
+        docker.trim(),
+        compose.trim()
+    ))
+}
+
+/// `lock status`: every node's lock and its holder.
+pub async fn lock_status(env: Arc<Environment>, limit: &[String]) -> anyhow::Result<bool> {
+    let mut any_locked = false;
+    for spec in fleet::select(&env, limit)? {
+        let line = match fleet::connect(&env, &spec).await {
+            Ok(node) => match lock::status(&node).await {
+                Ok(state) if state.locked => {
+                    any_locked = true;
+                    match state.holder {
+                        Some(h) => format!("locked by {}", h.describe()),
+                        None => "locked (no holder file)".into(),
+                    }
+                }
+                Ok(_) => "free".into(),
+                Err(e) => format!("unknown: {e:#}"),
+            },
+            Err(e) => format!("unreachable: {e:#}"),
+        };
+        println!("{}: {}", spec.name, crate::redact::redact(&line));
+    }
+    Ok(any_locked)
+}
