@@ -224,8 +224,8 @@ mod tests {
     #[test]
     fn reads_builtins_params_and_custom_steps() {
         let steps = parse(
-            "steps:\n - preflight\n - ship_images\n - upload_bundle\n - ensure_infra\n - start_color\n\
-             - run: {name: warm, in: app, command: 'true'}\n - health_gate: {timeout_seconds: 9}\n",
+            "steps: [preflight, ship_images, upload_bundle, ensure_infra, start_color, \
+             {run: {name: warm, in: app, command: 'true'}}, {health_gate: {timeout_seconds: 9}}]",
         )
         .unwrap();
         assert_eq!(steps.len(), 7);

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real binary against real nodes (sshd + Docker in containers), real
+//! PostgreSQL and real nginx. One test binary; the nodes are shared, each test has its own
+//! environment (own compose projects, state directory and nginx port).
+
+mod support;
+
+mod deploy;
+mod invalid;
+mod local;
+mod lock;

@@ -1,0 +1,364 @@
+//! The end-to-end harness: a throwaway project (a git repository holding a copy of the
+//! templates, playbook, migrations and reference app) whose inventory points at the shared
+//! harness nodes, and a builder that runs the real `slipway` binary against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The harness environment whose nodes every test shares (`tests/harness/nodes up ci 2`).
+const HARNESS_ENV: &str = "ci";
+const HARNESS_NODES: usize = 2;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A harness node: its container on this machine and its address.
+#[derive(Debug, Clone)]
+pub struct HarnessNode {
+    pub container: String,
+    pub address: String,
+}
+
+/// Starts the shared nodes once per machine (the script is idempotent and locks itself).
+pub fn harness() -> &'static [HarnessNode] {
+    static NODES: OnceLock<Vec<HarnessNode>> = OnceLock::new();
+    NODES.get_or_init(|| {
+        let status = Command::new(repo().join("tests/harness/nodes"))
+            .args(["up", HARNESS_ENV, &HARNESS_NODES.to_string()])
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .status()
+            .expect("tests/harness/nodes runs");
+        assert!(status.success(), "tests/harness/nodes up {HARNESS_ENV} failed");
+
+        (1..=HARNESS_NODES)
+            .map(|i| {
+                let container = format!("slipway-{HARNESS_ENV}-node-{i}");
+                let address = sh_ok(&format!(
+                    "docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {container}"
+                ));
+                HarnessNode {
+                    container,
+                    address: address.trim().to_string(),
+                }
+            })
+            .collect()
+    })
+}
+
+/// Runs a shell command on this machine and returns stdout; panics on failure.
+pub fn sh_ok(command: &str) -> String {
+    let out = sh(command);
+    assert!(
+        out.status.success(),
+        "`{command}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sh(command: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .expect("bash runs")
+}
+
+/// Runs a shell command inside a harness node (as its root, with its own Docker).
+pub fn on_node(node: &HarnessNode, command: &str) -> Output {
+    Command::new("docker")
+        .args(["exec", &node.container, "sh", "-c", command])
+        .output()
+        .expect("docker exec runs")
+}
+
+pub fn on_node_ok(node: &HarnessNode, command: &str) -> String {
+    let out = on_node(node, command);
+    assert!(
+        out.status.success(),
+        "on {}: `{command}` failed: {}",
+        node.container,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One test's project and environment.
+pub struct Project {
+    dir: tempfile::TempDir,
+    pub env: String,
+    pub http_port: u16,
+    pub nodes: Vec<HarnessNode>,
+    app_env: Vec<(String, String)>,
+    extra: String,
+}
+
+impl Project {
+    /// A project whose environment `env` deploys to the first `count` harness nodes, with
+    /// nginx on `http_port`. Each test uses its own env name and port.
+    pub fn new(env: &str, http_port: u16, count: usize) -> Self {
+        let nodes = harness()[..count].to_vec();
+        let dir = tempfile::Builder::new()
+            .prefix("slipway-e2e-")
+            .tempdir()
+            .unwrap();
+        for part in ["templates", "playbooks", "migrations", "tests/app"] {
+            let target = dir.path().join(part);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            sh_ok(&format!(
+                "cp -r {} {}",
+                repo().join(part).display(),
+                target.display()
+            ));
+        }
+        std::fs::create_dir_all(dir.path().join("inventory")).unwrap();
+        std::fs::copy(
+            repo().join("inventory/all.yml"),
+            dir.path().join("inventory/all.yml"),
+        )
+        .unwrap();
+
+        let project = Project {
+            dir,
+            env: env.to_string(),
+            http_port,
+            nodes,
+            app_env: Vec::new(),
+            extra: String::new(),
+        };
+        project.write_inventory();
+        project.write_secrets("DB_PASSWORD=e2e-db-password-1\nAPI_KEY=e2e-api-key-1\n");
+        project.git(&["init", "-q", "-b", "main"]);
+        project.commit("initial");
+        project.clean_nodes();
+        project
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sets a variable for the app container (a test knob) and rewrites the inventory.
+    pub fn set_app_env(&mut self, name: &str, value: &str) {
+        self.app_env.retain(|(n, _)| n != name);
+        self.app_env.push((name.into(), value.into()));
+        self.write_inventory();
+    }
+
+    /// Extra top-level inventory lines for this environment.
+    pub fn set_extra(&mut self, yaml: &str) {
+        self.extra = yaml.to_string();
+        self.write_inventory();
+    }
+
+    fn write_inventory(&self) {
+        let state = repo().join("tests/harness/.state");
+        let mut text = format!(
+            "known_hosts: {kh}\nhttp_port: {port}\ndrain_seconds: 1\nstop_grace_seconds: 6\n\
+             health:\n  timeout_seconds: 40\n{extra}\nnodes:\n",
+            kh = state.join("known_hosts").display(),
+            port = self.http_port,
+            extra = self.extra,
+        );
+        for (i, node) in self.nodes.iter().enumerate() {
+            text.push_str(&format!(
+                "  - name: node-{}\n    address: {}\n    user: root\n    key: {}\n",
+                i + 1,
+                node.address,
+                state.join("id_ed25519").display()
+            ));
+        }
+        text.push_str("vars:\n  app_env:\n");
+        for (name, value) in &self.app_env {
+            text.push_str(&format!("    {name}: \"{value}\"\n"));
+        }
+        if self.app_env.is_empty() {
+            text.push_str("    {}\n");
+        }
+        self.write(&format!("inventory/{}.yml", self.env), &text);
+    }
+
+    pub fn write_secrets(&self, text: &str) {
+        let path = self.dir.path().join(format!("inventory/{}.env", self.env));
+        std::fs::write(&path, text).unwrap();
+        sh_ok(&format!("chmod 600 {}", path.display()));
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=e2e",
+                "-c",
+                "user.email=e2e@slipway.invalid",
+            ])
+            .args(args)
+            .current_dir(self.root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn commit(&self, message: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+    }
+
+    /// The real binary, run in this project.
+    pub fn slipway(&self) -> Slipway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        cmd.arg("--root")
+            .arg(self.root())
+            .env("CI", "1")
+            .env_remove("SSH_AUTH_SOCK");
+        Slipway { cmd }
+    }
+
+    pub fn deploy(&self) -> Run {
+        self.slipway().args(["deploy", &self.env]).run()
+    }
+
+    /// The state directory of this environment on a node.
+    pub fn state_dir(&self) -> String {
+        format!("/var/lib/slipway/events-{}", self.env)
+    }
+
+    pub fn url(&self, node: usize, path: &str) -> String {
+        format!(
+            "http://{}:{}{path}",
+            self.nodes[node].address, self.http_port
+        )
+    }
+
+    /// The version nginx serves on a node (from the X-App-Version header of /version).
+    pub fn live_version(&self, node: usize) -> Option<String> {
+        let resp = http_get(&self.url(node, "/version"))?;
+        (resp.0 == 200).then(|| resp.1["version"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Removes whatever an earlier run of this test left on the nodes.
+    fn clean_nodes(&self) {
+        let slug = format!("events-{}", self.env);
+        for node in &self.nodes {
+            on_node(
+                node,
+                &format!(
+                    "ids=$(docker ps -aq --filter label=com.docker.compose.project={slug} \
+                       --filter label=com.docker.compose.project={slug}-blue \
+                       --filter label=com.docker.compose.project={slug}-green); \
+                     for p in {slug} {slug}-blue {slug}-green; do \
+                       docker ps -aq --filter label=com.docker.compose.project=$p | xargs -r docker rm -f >/dev/null; done; \
+                     docker volume ls -q --filter label=com.docker.compose.project={slug} | xargs -r docker volume rm >/dev/null; \
+                     docker network rm {slug} >/dev/null 2>&1; rm -rf /var/lib/slipway/{slug}; true"
+                ),
+            );
+        }
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.clean_nodes();
+        }
+    }
+}
+
+pub struct Slipway {
+    cmd: Command,
+}
+
+impl Slipway {
+    pub fn args<'a>(mut self, args: impl IntoIterator<Item = &'a str>) -> Self {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn spawn(mut self) -> std::process::Child {
+        self.cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn run(mut self) -> Run {
+        let out = self.cmd.output().unwrap();
+        Run::from(out)
+    }
+}
+
+/// A finished run of slipway.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stderr_has(&self, text: &str) -> &Self {
+        assert!(
+            self.stderr.contains(text),
+            "stderr lacks {text:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// GET a URL from this machine; `None` on a transport error.
+pub fn http_get(url: &str) -> Option<(u16, serde_json::Value)> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    match agent.get(url).call() {
+        Ok(resp) => {
+            let code = resp.status();
+            Some((code, parse_body(resp)))
+        }
+        Err(ureq::Error::Status(code, resp)) => Some((code, parse_body(resp))),
+        Err(_) => None,
+    }
+}
+
+fn parse_body(resp: ureq::Response) -> serde_json::Value {
+    let text = resp.into_string().unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+}
