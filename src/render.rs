@@ -56,13 +56,41 @@ impl Renderer {
             Error::config(&file, describe(&e), "create the template or fix its syntax")
         })?;
         tmpl.render(context).map_err(|e| {
+            let mut message = describe(&e);
+            let missing = missing_variables(&tmpl.undeclared_variables(true), context);
+            if e.kind() == minijinja::ErrorKind::UndefinedError && !missing.is_empty() {
+                message = format!("undefined variable `{}`: {message}", missing.join("`, `"));
+            }
             Error::config(
                 &file,
-                describe(&e),
+                message,
                 "define the variable under `vars:` in inventory/all.yml or the environment's file",
             )
         })
     }
+}
+
+/// Whether a dotted name (`vars.feature_flag`) resolves in the context.
+fn defined(context: &Value, name: &str) -> bool {
+    let mut at = context;
+    for part in name.split('.') {
+        match at.get(part) {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The dotted names a template uses that the context does not hold.
+fn missing_variables(used: &std::collections::HashSet<String>, context: &Value) -> Vec<String> {
+    let mut missing: Vec<String> = used
+        .iter()
+        .filter(|name| !defined(context, name))
+        .cloned()
+        .collect();
+    missing.sort();
+    missing
 }
 
 fn describe(err: &minijinja::Error) -> String {

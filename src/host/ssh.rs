@@ -244,6 +244,7 @@ impl Host for SshHost {
             channel,
             pending: Vec::new(),
             exited: false,
+            code: None,
         }))
     }
 
@@ -273,6 +274,7 @@ struct SshHeld {
     channel: russh::Channel<client::Msg>,
     pending: Vec<u8>,
     exited: bool,
+    code: Option<i32>,
 }
 
 #[async_trait]
@@ -288,23 +290,26 @@ impl Held for SshHeld {
             }
             match self.channel.wait().await {
                 Some(ChannelMsg::Data { data }) => self.pending.extend_from_slice(&data),
-                Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => {
-                    self.exited = true
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    self.code = Some(exit_status as i32);
+                    self.exited = true;
                 }
+                Some(ChannelMsg::Close) | None => self.exited = true,
                 Some(_) => {}
             }
         }
     }
 
     async fn release(mut self: Box<Self>) -> anyhow::Result<Option<i32>> {
-        self.channel.eof().await?;
-        let mut code = None;
+        if !self.exited {
+            self.channel.eof().await?;
+        }
         while let Some(msg) = self.channel.wait().await {
             if let ChannelMsg::ExitStatus { exit_status } = msg {
-                code = Some(exit_status as i32);
+                self.code = Some(exit_status as i32);
             }
         }
-        Ok(code)
+        Ok(self.code)
     }
 }
 

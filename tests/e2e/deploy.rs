@@ -138,7 +138,7 @@ fn unhealthy_release_keeps_the_old_version_serving() {
     let good = project.live_version(0).expect("first release answers");
 
     project.set_app_env("FAIL_HEALTH", "1");
-    project.set_extra("health:\n  timeout_seconds: 8\n");
+    project.set_health_timeout(8);
     project.commit("a release that never becomes healthy");
 
     let watching = Arc::new(AtomicBool::new(true));

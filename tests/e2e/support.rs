@@ -95,6 +95,7 @@ pub struct Project {
     pub nodes: Vec<HarnessNode>,
     app_env: Vec<(String, String)>,
     extra: String,
+    health_timeout: u64,
 }
 
 impl Project {
@@ -129,6 +130,7 @@ impl Project {
             nodes,
             app_env: Vec::new(),
             extra: String::new(),
+            health_timeout: 40,
         };
         project.write_inventory();
         project.write_secrets("DB_PASSWORD=e2e-db-password-1\nAPI_KEY=e2e-api-key-1\n");
@@ -149,6 +151,12 @@ impl Project {
         self.write_inventory();
     }
 
+    /// Seconds the new color has to become healthy.
+    pub fn set_health_timeout(&mut self, seconds: u64) {
+        self.health_timeout = seconds;
+        self.write_inventory();
+    }
+
     /// Extra top-level inventory lines for this environment.
     pub fn set_extra(&mut self, yaml: &str) {
         self.extra = yaml.to_string();
@@ -159,9 +167,10 @@ impl Project {
         let state = repo().join("tests/harness/.state");
         let mut text = format!(
             "known_hosts: {kh}\nhttp_port: {port}\ndrain_seconds: 1\nstop_grace_seconds: 6\n\
-             health:\n  timeout_seconds: 40\n{extra}\nnodes:\n",
+             health:\n  timeout_seconds: {timeout}\n{extra}\nnodes:\n",
             kh = state.join("known_hosts").display(),
             port = self.http_port,
+            timeout = self.health_timeout,
             extra = self.extra,
         );
         for (i, node) in self.nodes.iter().enumerate() {
