@@ -91,12 +91,12 @@ async fn node_status(node: &Node, spec: &NodeSpec) -> anyhow::Result<NodeStatus>
 
 pub fn print_table(rows: &[NodeStatus]) {
     println!(
-        "{:<12} {:<6} {:<26} {:<10} {:<7} {:<21} URL",
+        "{:<12} {:<6} {:<26} {:<12} {:<7} {:<21} URL",
         "NODE", "COLOR", "RELEASE", "HEALTH", "SCHEMA", "DEPLOYED"
     );
     for r in rows {
         println!(
-            "{:<12} {:<6} {:<26} {:<10} {:<7} {:<21} {}",
+            "{:<12} {:<6} {:<26} {:<12} {:<7} {:<21} {}",
             r.node,
             r.color.as_deref().unwrap_or("-"),
             r.version.as_deref().unwrap_or("-"),

@@ -148,11 +148,19 @@ async fn connect_all(env: &Arc<Environment>, specs: &[NodeSpec]) -> anyhow::Resu
     while let Some(done) = tasks.join_next().await {
         match done? {
             (i, Ok(node)) => nodes.push((i, node)),
-            (_, Err(e)) => errors.push(e),
+            (i, Err(e)) => errors.push((i, e)),
         }
     }
-    if let Some(first) = errors.into_iter().next() {
-        return Err(first.context("nothing was changed on any node"));
+    errors.sort_by_key(|(i, _)| *i);
+    if let Some((i, cause)) = errors.into_iter().next() {
+        return Err(Error::Step {
+            node: specs[i].name.clone(),
+            step: "connect".into(),
+            cause: format!("{:#}", cause.root_cause()),
+            outcome: "nothing was changed on any node".into(),
+            hint: "fix the connection, or leave the node out with --limit".into(),
+        }
+        .into());
     }
     nodes.sort_by_key(|(i, _)| *i);
     Ok(nodes.into_iter().map(|(_, n)| n).collect())

@@ -5,6 +5,7 @@
 mod support;
 
 mod deploy;
+mod host_keys;
 mod invalid;
 mod local;
 mod lock;

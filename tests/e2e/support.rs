@@ -96,6 +96,7 @@ pub struct Project {
     app_env: Vec<(String, String)>,
     extra: String,
     health_timeout: u64,
+    known_hosts: PathBuf,
 }
 
 impl Project {
@@ -131,6 +132,7 @@ impl Project {
             app_env: Vec::new(),
             extra: String::new(),
             health_timeout: 40,
+            known_hosts: repo().join("tests/harness/.state/known_hosts"),
         };
         project.write_inventory();
         project.write_secrets("DB_PASSWORD=e2e-db-password-1\nAPI_KEY=e2e-api-key-1\n");
@@ -151,6 +153,12 @@ impl Project {
         self.write_inventory();
     }
 
+    /// Verifies host keys against another known_hosts file.
+    pub fn set_known_hosts(&mut self, path: &Path) {
+        self.known_hosts = path.to_path_buf();
+        self.write_inventory();
+    }
+
     /// Seconds the new color has to become healthy.
     pub fn set_health_timeout(&mut self, seconds: u64) {
         self.health_timeout = seconds;
@@ -168,7 +176,7 @@ impl Project {
         let mut text = format!(
             "known_hosts: {kh}\nhttp_port: {port}\ndrain_seconds: 1\nstop_grace_seconds: 6\n\
              health:\n  timeout_seconds: {timeout}\n{extra}\nnodes:\n",
-            kh = state.join("known_hosts").display(),
+            kh = self.known_hosts.display(),
             port = self.http_port,
             timeout = self.health_timeout,
             extra = self.extra,

@@ -1,0 +1,50 @@
+//! Host keys: an unknown or changed key stops the node before any remote command, and the
+//! message names the host, the fingerprints and how to trust the key.
+
+use crate::support::{on_node, on_node_ok, Project};
+
+/// The SHA256 fingerprint of the node's ed25519 host key, computed by ssh-keygen.
+fn node_fingerprint(project: &Project) -> String {
+    let key = on_node_ok(&project.nodes[0], "cat /etc/ssh/ssh_host_ed25519_key.pub");
+    let out = crate::support::sh_ok(&format!("echo '{key}' | ssh-keygen -l -f - -E sha256"));
+    out.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[test]
+fn unknown_and_changed_host_keys_stop_before_any_remote_command() {
+    let mut project = Project::new("e2e-hostkeys", 18108, 1);
+    let address = project.nodes[0].address.clone();
+    let offered = node_fingerprint(&project);
+
+    let empty = project.root().join("known_hosts.empty");
+    std::fs::write(&empty, "").unwrap();
+    project.set_known_hosts(&empty);
+    let run = project.deploy();
+    run.assert_code(1)
+        .assert_stderr_has(&format!("host key of {address} is not known"))
+        .assert_stderr_has(&offered)
+        .assert_stderr_has("ssh-keyscan -H");
+    let check = project.slipway().args(["check", &project.env]).run();
+    check.assert_code(1);
+    assert!(check.stdout.contains(&offered), "{}", check.stdout);
+
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let changed = project.root().join("known_hosts.changed");
+    std::fs::write(&changed, format!("# rebuilt node\n{address} {other}\n")).unwrap();
+    project.set_known_hosts(&changed);
+    let run = project.deploy();
+    run.assert_code(1)
+        .assert_stderr_has("HOST KEY CHANGED")
+        .assert_stderr_has(&format!("{}:2", changed.display()))
+        .assert_stderr_has(&offered)
+        .assert_stderr_has("ssh-keygen -R");
+
+    let state = on_node(
+        &project.nodes[0],
+        &format!("test -e {}", project.state_dir()),
+    );
+    assert!(
+        !state.status.success(),
+        "a command ran on a node whose key was refused"
+    );
+}
