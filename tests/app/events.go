@@ -62,8 +62,9 @@ func (a *app) eventsSimilar(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// A lone distance in ORDER BY lets the HNSW index serve the query.
 	const sqlSimilar = `SELECT ` + eventColumns + `, embedding <-> $1::vector AS d
-		FROM events ORDER BY embedding <-> $1::vector, id LIMIT $2`
+		FROM events ORDER BY embedding <-> $1::vector LIMIT $2`
 	a.queryEvents(w, r, func(e *event, v float64) { e.VectorL2 = &v }, sqlSimilar, vectorText(vec), k)
 }
 
