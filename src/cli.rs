@@ -33,6 +33,17 @@ pub enum Command {
         #[arg(long = "ref", default_value = "HEAD")]
         git_ref: String,
     },
+    /// Put the previous release (or an older one) back live.
+    Rollback {
+        #[command(flatten)]
+        target: Target,
+        /// A release from the node's history (see `status`); default: the previous one.
+        #[arg(long)]
+        to: Option<String>,
+        /// Go on without asking when the database is newer than the release expects.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show what runs on each node.
     Status {
         #[command(flatten)]

@@ -98,13 +98,34 @@ pub async fn wait_for(
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let interval = Duration::from_millis(node.env.settings.health.interval_ms.max(100));
+    let docker_checked = color.is_some() && node.env.settings.health.container_check.is_some();
     let mut last = String::from("no answer yet");
 
     while started.elapsed() < timeout {
+        let docker = match color.filter(|_| docker_checked) {
+            Some(color) => Some(docker_health(node, color).await?),
+            None => None,
+        };
+        if let Some(state) = docker.as_ref().filter(|s| s.status == "unhealthy") {
+            bail!(
+                "Docker reports the container unhealthy; its health check said: {}",
+                state.log
+            );
+        }
+
         let probe = probe(node, url, Duration::from_secs(3)).await?;
         if let Some(report) = probe.report.clone().filter(|_| probe.is_healthy()) {
-            if report.version == version && report.git_commit == commit {
+            let docker_ok = docker.as_ref().is_none_or(|s| s.status == "healthy");
+            if report.version == version && report.git_commit == commit && docker_ok {
                 return Ok(report);
+            }
+            if let Some(state) = docker.as_ref().filter(|_| !docker_ok) {
+                last = format!(
+                    "the endpoint answers, but Docker's health state is {} ({})",
+                    state.status, state.log
+                );
+                tokio::time::sleep(interval).await;
+                continue;
             }
             last = format!(
                 "healthy but reports version {} commit {}, expected {version} {commit}",
@@ -125,6 +146,47 @@ pub async fn wait_for(
         "not healthy after {}s; last probe: {last}",
         timeout.as_secs()
     )
+}
+
+/// Docker's view of a container's health.
+#[derive(Debug, Clone)]
+pub struct DockerHealth {
+    /// `starting`, `healthy`, `unhealthy`, or `none` when the container has no check.
+    pub status: String,
+    /// The output of the latest check, trimmed.
+    pub log: String,
+}
+
+/// Reads Docker's health state of this environment's app container of `color`.
+pub async fn docker_health(node: &Node, color: &str) -> anyhow::Result<DockerHealth> {
+    let env = &node.env;
+    let format = "{{if .State.Health}}{{.State.Health.Status}}|\
+                  {{range .State.Health.Log}}{{.Output}}@@{{end}}{{else}}none|{{end}}";
+    let out = node
+        .run(
+            &format!(
+                "docker inspect --format {} $(docker ps -aq --filter label=slipway.app={} \
+                 --filter label=slipway.env={} --filter label=slipway.color={} | head -n 1)",
+                quote(format),
+                quote(&env.settings.app),
+                quote(&env.name),
+                quote(color)
+            ),
+            Input::None,
+        )
+        .await?;
+    let text = out.stdout();
+    let (status, log) = text.split_once('|').unwrap_or(("none", ""));
+    let last = log
+        .trim_end()
+        .trim_end_matches("@@")
+        .rsplit("@@")
+        .next()
+        .unwrap_or("");
+    Ok(DockerHealth {
+        status: status.trim().to_string(),
+        log: last.trim().chars().take(400).collect(),
+    })
 }
 
 /// Whether this environment's app container of `color` is running.

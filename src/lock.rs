@@ -151,6 +151,11 @@ async fn read_holder(node: &Node) -> anyhow::Result<Option<Holder>> {
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
+/// `user@host` of whoever runs slipway, as lock holders and the history record it.
+pub fn operator() -> String {
+    format!("{}@{}", whoami(), hostname())
+}
+
 fn whoami() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))

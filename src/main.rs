@@ -31,6 +31,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             deploy::run(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
             Ok(exit::OK)
         }
+        Command::Rollback { target, to, yes } => {
+            let opts = deploy::RollbackOptions {
+                limit: target.limit,
+                to,
+                yes,
+            };
+            deploy::rollback(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            Ok(exit::OK)
+        }
         Command::Status { target, json } => {
             let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
             let rows = status::status(env, &target.limit).await?;

@@ -20,8 +20,10 @@ pub const BUILTIN: &[&str] = &[
     "health_gate",
     "switch",
     "verify",
+    "watch",
     "drain",
     "record",
+    "cleanup",
 ];
 
 /// Steps that must come before another one can run.
@@ -35,7 +37,9 @@ const REQUIRES: &[(&str, &[&str])] = &[
     ("health_gate", &["start_color"]),
     ("switch", &["health_gate"]),
     ("verify", &["switch"]),
+    ("watch", &["switch"]),
     ("drain", &["switch"]),
+    ("cleanup", &["record"]),
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +64,8 @@ pub struct Params {
     /// `health_gate`: seconds to wait (default: `health.timeout_seconds`).
     pub timeout_seconds: Option<u64>,
     /// `drain`: seconds the old color keeps serving in-flight requests (default:
-    /// `drain_seconds`).
+    /// `drain_seconds`); `watch`: seconds the new color is watched (default:
+    /// `watch_seconds`).
     pub seconds: Option<u64>,
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use minijinja::{path_loader, Environment as Jinja, UndefinedBehavior};
+use minijinja::{path_loader, AutoEscape, Environment as Jinja, UndefinedBehavior};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -44,6 +44,8 @@ impl Renderer {
     pub fn new(root: &Path) -> Self {
         let mut jinja = Jinja::new();
         jinja.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Compose, env and nginx files are written as they are: no HTML or JSON escaping.
+        jinja.set_auto_escape_callback(|_| AutoEscape::None);
         jinja.set_loader(path_loader(root.join("templates")));
         jinja.set_keep_trailing_newline(true);
         Renderer { jinja }
@@ -153,4 +155,78 @@ pub fn context(
         ctx["color_project"] = json!(paths.color_project(color));
     }
     ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Environment;
+
+    /// Renders every template of this repository for a sample environment and checks that
+    /// the compose files are valid YAML with the expected names.
+    #[test]
+    fn repository_templates_render_to_valid_compose_files() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("inventory")).unwrap();
+        std::fs::copy(
+            root.join("inventory/all.yml"),
+            dir.path().join("inventory/all.yml"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("inventory/unit.yml"),
+            "nodes:\n  - {name: n1, address: 10.1.1.1, user: deploy}\n",
+        )
+        .unwrap();
+        let env = Environment::load_without_secrets(dir.path(), "unit").unwrap();
+
+        let paths = Paths::new(&env);
+        let images = Images {
+            postgres: "slipway/postgres:x".into(),
+            nginx: "slipway/nginx:x".into(),
+        };
+        let release = ReleaseVars {
+            name: "abcdef1-20261203T000000Z".into(),
+            commit: "a".repeat(40),
+            image: "slipway/events:abcdef1-20261203T000000Z".into(),
+        };
+        let ctx = context(
+            &env,
+            "n1",
+            &paths,
+            &images,
+            Some(&release),
+            Some("green"),
+            Some("blue"),
+        );
+        let renderer = Renderer::new(root);
+
+        let infra: serde_yaml::Value =
+            serde_yaml::from_str(&renderer.render(INFRA_COMPOSE, &ctx).unwrap()).unwrap();
+        assert_eq!(infra["name"], "events-unit");
+        assert!(
+            infra["services"]["db"]["ports"].is_null(),
+            "the database publishes no port"
+        );
+
+        let app: serde_yaml::Value =
+            serde_yaml::from_str(&renderer.render(APP_COMPOSE, &ctx).unwrap()).unwrap();
+        assert_eq!(app["name"], "events-unit-green");
+        assert_eq!(
+            app["services"]["app"]["networks"]["app"]["aliases"][0],
+            "app-green"
+        );
+        assert!(
+            app["services"]["app"]["ports"].is_null(),
+            "the app publishes no port"
+        );
+        assert_eq!(
+            app["services"]["app"]["healthcheck"]["test"][1],
+            "events-server"
+        );
+
+        let nginx = renderer.render(NGINX, &ctx).unwrap();
+        assert!(nginx.contains("http://app-blue:8080"), "{nginx}");
+    }
 }

@@ -60,7 +60,10 @@ fn unreachable(env: &Environment, spec: &NodeSpec, err: anyhow::Error) -> NodeSt
 
 async fn node_status(node: &Node, spec: &NodeSpec) -> anyhow::Result<NodeStatus> {
     let color = switch::active_color(node).await?;
-    let last = history::read(node).await?.into_iter().last();
+    let last = history::read(node)
+        .await?
+        .into_iter()
+        .rfind(|r| r.action != "failed");
     let probe = match &color {
         Some(_) => {
             Some(health::probe(node, &health::nginx_url(node), Duration::from_secs(5)).await?)

@@ -34,6 +34,12 @@ pub struct Settings {
     pub drain_seconds: u64,
     /// Seconds Docker waits after SIGTERM before it kills an app container.
     pub stop_grace_seconds: u64,
+    /// Seconds the new color is watched through nginx after the switch; the old color keeps
+    /// running meanwhile so traffic can go back to it.
+    pub watch_seconds: u64,
+    /// App releases (images, stopped containers, bundles) kept on a node, the live one and
+    /// the one before it included.
+    pub keep_releases: usize,
     /// Snapshots older than this are pruned (never the newest).
     pub snapshot_retention_days: u64,
     /// The playbook a deploy runs.
@@ -68,6 +74,13 @@ pub struct Health {
     pub timeout_seconds: u64,
     /// Milliseconds between probes.
     pub interval_ms: u64,
+    /// A Docker health check for the app container (compose `test` form, e.g.
+    /// `["CMD", "events-server", "-healthcheck"]`). When set, the container must also be
+    /// healthy in Docker's eyes before the switch.
+    pub container_check: Option<Vec<String>>,
+    /// Docker health check start period and interval, in seconds.
+    pub start_period_seconds: u64,
+    pub check_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -113,6 +126,8 @@ impl Default for Settings {
             health: Health::default(),
             drain_seconds: 5,
             stop_grace_seconds: 15,
+            watch_seconds: 30,
+            keep_releases: 3,
             snapshot_retention_days: 7,
             playbook: "playbooks/deploy.yml".into(),
             nodes: Vec::new(),
@@ -146,6 +161,9 @@ impl Default for Health {
             port: 8080,
             timeout_seconds: 60,
             interval_ms: 500,
+            container_check: None,
+            start_period_seconds: 10,
+            check_interval_seconds: 5,
         }
     }
 }
@@ -272,6 +290,16 @@ fn validate(settings: &Settings, file: &str) -> Result<(), Error> {
         }
     }
 
+    if settings.keep_releases < 2 {
+        return Err(Error::config(
+            file,
+            format!(
+                "key `keep_releases` must be at least 2 (got {})",
+                settings.keep_releases
+            ),
+            "keep the live release and the one before it, so a rollback is always possible",
+        ));
+    }
     if !settings.health.path.starts_with('/') {
         return Err(Error::config(
             file,

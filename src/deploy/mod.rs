@@ -1,6 +1,8 @@
 //! `slipway deploy`: validate everything, take every node's lock, build, then run the
 //! playbook on each node. A node that fails undoes its own change and says what it did.
 
+mod cleanup;
+mod rollback;
 mod steps;
 mod undo;
 
@@ -21,6 +23,8 @@ use crate::render::{self, Images, ReleaseVars, Renderer};
 use crate::report::Reporter;
 use crate::{fleet, paths::Paths};
 
+pub use rollback::{run as rollback, RollbackOptions};
+
 pub struct Options {
     pub git_ref: String,
     pub limit: Vec<String>,
@@ -34,6 +38,8 @@ pub struct Shared {
     pub playbook: Playbook,
     pub migrations: Vec<Migration>,
     pub deploy_id: String,
+    /// What the history calls this operation: `deploy` or `rollback`.
+    pub action: String,
     pub reporter: Arc<Reporter>,
 }
 
@@ -77,14 +83,29 @@ pub async fn run(
     );
 
     let nodes = connect_all(&env, &specs).await?;
-    let locks = lock_all(&nodes, &deploy_id, &reporter).await?;
+    let mut locks = lock_all(&nodes, &deploy_id, &reporter).await?;
+    for (lock, node) in locks.iter_mut().zip(&nodes) {
+        lock.step(node, "build").await;
+    }
 
     reporter.info(
         "local",
         &format!("building release {name} ({})", &commit[..7]),
     );
-    let images = image::build_infra(root).await?;
-    let release = image::build_app(&env, &name, &commit).await?;
+    let timer = Timer::start();
+    let (images, release) = match build(&env, &name, &commit).await {
+        Ok(built) => built,
+        Err(e) => {
+            for (lock, node) in locks.into_iter().zip(&nodes) {
+                let _ = lock.release(node).await;
+            }
+            return Err(e);
+        }
+    };
+    reporter.info(
+        "local",
+        &format!("built in {:.1}s", timer.elapsed().as_secs_f64()),
+    );
 
     let shared = Arc::new(Shared {
         renderer,
@@ -93,6 +114,7 @@ pub async fn run(
         playbook,
         migrations,
         deploy_id,
+        action: "deploy".into(),
         reporter: reporter.clone(),
     });
 
@@ -106,6 +128,12 @@ pub async fn run(
         outcomes.push(done.context("a node's deploy task panicked")?);
     }
     conclude(outcomes, &reporter, &shared.release)
+}
+
+async fn build(env: &Environment, name: &str, commit: &str) -> anyhow::Result<(Images, Release)> {
+    let images = image::build_infra(&env.root).await?;
+    let release = image::build_app(env, name, commit).await?;
+    Ok((images, release))
 }
 
 /// Renders every template once for the node so undefined variables surface now.
@@ -136,7 +164,10 @@ fn prerender(
     Ok(())
 }
 
-async fn connect_all(env: &Arc<Environment>, specs: &[NodeSpec]) -> anyhow::Result<Vec<Node>> {
+pub(crate) async fn connect_all(
+    env: &Arc<Environment>,
+    specs: &[NodeSpec],
+) -> anyhow::Result<Vec<Node>> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, spec) in specs.iter().enumerate() {
         let (env, spec) = (env.clone(), spec.clone());
@@ -167,7 +198,7 @@ async fn connect_all(env: &Arc<Environment>, specs: &[NodeSpec]) -> anyhow::Resu
 }
 
 /// Takes the lock on every node, or on none: a refusal releases those already taken.
-async fn lock_all(
+pub(crate) async fn lock_all(
     nodes: &[Node],
     deploy_id: &str,
     reporter: &Reporter,
@@ -188,7 +219,11 @@ async fn lock_all(
     Ok(locks)
 }
 
-fn conclude(outcomes: Vec<Outcome>, reporter: &Reporter, release: &Release) -> anyhow::Result<()> {
+pub(crate) fn conclude(
+    outcomes: Vec<Outcome>,
+    reporter: &Reporter,
+    release: &Release,
+) -> anyhow::Result<()> {
     let total = outcomes.len();
     let mut failures = Vec::new();
     for outcome in outcomes {

@@ -60,7 +60,11 @@ pub(super) async fn deploy_node(node: Node, lock: Lock, shared: Arc<Shared>) -> 
     let result = deploy.run_playbook().await;
     let result = match result {
         Ok(()) => Ok(()),
-        Err((step, cause)) => Err(deploy.undo(&step, cause).await),
+        Err((step, cause)) => {
+            let err = deploy.undo(&step, cause).await;
+            deploy.record_failure(&step).await;
+            Err(err)
+        }
     };
 
     let name = deploy.node.name.clone();
@@ -109,13 +113,15 @@ impl Deploy {
             "health_gate" => self.health_gate(params).await,
             "switch" => self.switch().await,
             "verify" => self.verify().await,
+            "watch" => self.watch(params).await,
             "drain" => self.drain(params).await,
             "record" => self.record().await,
+            "cleanup" => self.cleanup().await,
             other => bail!("step `{other}` has no implementation"),
         }
     }
 
-    fn info(&self, message: &str) {
+    pub(super) fn info(&self, message: &str) {
         self.shared.reporter.info(&self.node.name, message);
     }
 
@@ -321,11 +327,15 @@ impl Deploy {
         Ok(())
     }
 
-    /// Starts the idle color with the new release, after clearing any leftover of it.
+    /// Starts the idle color with the new release, after clearing any leftover of it. A
+    /// stopped container of this very release in that color (a rollback) is started again.
     async fn start_color(&mut self) -> anyhow::Result<()> {
         let color = self.new_color;
-        self.remove_color(color).await?;
         self.started_new = true;
+        if self.restart_kept_container(color).await? {
+            return Ok(());
+        }
+        self.remove_color(color).await?;
 
         let up = self.node.color_compose(
             color,
@@ -337,6 +347,30 @@ impl Deploy {
             .await
             .with_context(|| format!("starting the {color} color"))?;
         Ok(())
+    }
+
+    /// Starts the kept (stopped) container of this release in `color`, if there is one.
+    async fn restart_kept_container(&self, color: &str) -> anyhow::Result<bool> {
+        let release = &self.shared.release.name;
+        let env = &self.node.env;
+        let ids = self
+            .node
+            .sh(&format!(
+                "docker ps -aq --filter label=slipway.app={} --filter label=slipway.env={} \
+                 --filter label=slipway.color={} --filter label=slipway.release={}",
+                quote(&env.settings.app),
+                quote(&env.name),
+                quote(color),
+                quote(release)
+            ))
+            .await?;
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if ids.len() != 1 {
+            return Ok(false);
+        }
+        self.node.sh(&format!("docker start {}", ids[0])).await?;
+        self.info(&format!("started the kept {color} container of {release}"));
+        Ok(true)
     }
 
     async fn health_gate(&mut self, params: &Params) -> anyhow::Result<()> {
@@ -393,6 +427,40 @@ impl Deploy {
         Ok(())
     }
 
+    /// Keeps probing the new release through nginx while the old color still runs; a
+    /// release that turns unhealthy fails the step, and the undo switches traffic back.
+    async fn watch(&mut self, params: &Params) -> anyhow::Result<()> {
+        let seconds = params
+            .seconds
+            .unwrap_or(self.node.env.settings.watch_seconds);
+        let interval = Duration::from_millis(self.node.env.settings.health.interval_ms.max(200));
+        let url = health::nginx_url(&self.node);
+        let started = std::time::Instant::now();
+        let mut misses = 0;
+
+        while started.elapsed() < Duration::from_secs(seconds) {
+            let probe = health::probe(&self.node, &url, Duration::from_secs(3)).await?;
+            let ours = probe
+                .report
+                .as_ref()
+                .is_some_and(|r| r.version == self.shared.release.name);
+            misses = if probe.is_healthy() && ours {
+                0
+            } else {
+                misses + 1
+            };
+            if misses >= 2 {
+                bail!(
+                    "the new release turned unhealthy {:.1}s after the switch: {}",
+                    started.elapsed().as_secs_f64(),
+                    probe.describe()
+                );
+            }
+            tokio::time::sleep(interval).await;
+        }
+        Ok(())
+    }
+
     /// Lets the old color finish in-flight requests, then stops it (kept for rollback).
     async fn drain(&mut self, params: &Params) -> anyhow::Result<()> {
         let Some(old) = self.old_color.clone() else {
@@ -409,27 +477,63 @@ impl Deploy {
             self.node
                 .sh(&format!("docker stop -t {grace} {}", ids.join(" ")))
                 .await?;
+            self.warn_if_killed(&old, &ids, grace).await?;
         }
         self.old_stopped = true;
         Ok(())
     }
 
+    /// Docker kills a container that outlives its stop timeout: exit code 137.
+    async fn warn_if_killed(&self, color: &str, ids: &[String], grace: u64) -> anyhow::Result<()> {
+        let codes = self
+            .node
+            .sh(&format!(
+                "docker inspect --format '{{{{.State.ExitCode}}}}' {}",
+                ids.join(" ")
+            ))
+            .await?;
+        if codes.lines().any(|c| c.trim() == "137") {
+            self.info(&format!(
+                "warning: the old {color} container ignored SIGTERM and was killed after {grace}s; \
+                 make the app stop on SIGTERM, or raise stop_grace_seconds"
+            ));
+        }
+        Ok(())
+    }
+
     async fn record(&mut self) -> anyhow::Result<()> {
+        let record = self.history_record(&self.shared.action);
+        history::append(&self.node, &record).await?;
+        self.point_current().await
+    }
+
+    /// Notes a failed attempt in the history, so cleanup can find what it shipped.
+    async fn record_failure(&self, step: &str) {
+        let record = self.history_record("failed");
+        if let Err(e) = history::append(&self.node, &record).await {
+            tracing::warn!(node = %self.node.name, step, "cannot record the failure: {e:#}");
+        }
+    }
+
+    fn history_record(&self, action: &str) -> Record {
         let release = &self.shared.release;
-        let record = Record {
-            action: "deploy".into(),
+        Record {
+            action: action.into(),
             release: release.name.clone(),
             commit: release.commit.clone(),
             image: release.image.clone(),
             image_id: release.image_id.clone(),
             color: self.new_color.to_string(),
             deployed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            deployed_by: deployer(),
+            deployed_by: crate::lock::operator(),
             deploy_id: self.shared.deploy_id.clone(),
             schema_version: self.schema_version,
-        };
-        history::append(&self.node, &record).await?;
+        }
+    }
 
+    /// Points `current` at the live release's bundle.
+    async fn point_current(&self) -> anyhow::Result<()> {
+        let release = &self.shared.release;
         let current = self.node.paths.current();
         let rel = format!("releases/{}", release.name);
         self.node
@@ -539,12 +643,6 @@ pub(super) fn dirty_message(version: Option<u64>) -> String {
          Restore the snapshot taken before it or repair the schema by hand, then set \
          schema_migrations to the last good version with dirty = false, and deploy again"
     )
-}
-
-fn deployer() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{user}@{}", host.trim())
 }
 
 fn tar_of(files: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {

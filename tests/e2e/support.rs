@@ -96,6 +96,9 @@ pub struct Project {
     app_env: Vec<(String, String)>,
     extra: String,
     health_timeout: u64,
+    health_extra: String,
+    watch_seconds: u64,
+    drain_seconds: u64,
     known_hosts: PathBuf,
 }
 
@@ -132,6 +135,9 @@ impl Project {
             app_env: Vec::new(),
             extra: String::new(),
             health_timeout: 40,
+            health_extra: String::new(),
+            watch_seconds: 2,
+            drain_seconds: 1,
             known_hosts: repo().join("tests/harness/.state/known_hosts"),
         };
         project.write_inventory();
@@ -159,6 +165,29 @@ impl Project {
         self.write_inventory();
     }
 
+    /// Seconds the old color keeps serving in-flight requests after the switch.
+    pub fn set_drain_seconds(&mut self, seconds: u64) {
+        self.drain_seconds = seconds;
+        self.write_inventory();
+    }
+
+    /// Seconds the new release is watched after the switch.
+    pub fn set_watch_seconds(&mut self, seconds: u64) {
+        self.watch_seconds = seconds;
+        self.write_inventory();
+    }
+
+    pub fn clear_app_env(&mut self) {
+        self.app_env.clear();
+        self.write_inventory();
+    }
+
+    /// Extra keys under `health:` (each line indented by two spaces).
+    pub fn set_health_extra(&mut self, yaml: &str) {
+        self.health_extra = yaml.to_string();
+        self.write_inventory();
+    }
+
     /// Seconds the new color has to become healthy.
     pub fn set_health_timeout(&mut self, seconds: u64) {
         self.health_timeout = seconds;
@@ -174,11 +203,14 @@ impl Project {
     fn write_inventory(&self) {
         let state = repo().join("tests/harness/.state");
         let mut text = format!(
-            "known_hosts: {kh}\nhttp_port: {port}\ndrain_seconds: 1\nstop_grace_seconds: 6\n\
-             health:\n  timeout_seconds: {timeout}\n{extra}\nnodes:\n",
+            "known_hosts: {kh}\nhttp_port: {port}\ndrain_seconds: {drain}\nstop_grace_seconds: 6\nwatch_seconds: {watch}\n\
+             health:\n  timeout_seconds: {timeout}\n{health_extra}{extra}\nnodes:\n",
             kh = self.known_hosts.display(),
             port = self.http_port,
             timeout = self.health_timeout,
+            watch = self.watch_seconds,
+            drain = self.drain_seconds,
+            health_extra = self.health_extra,
             extra = self.extra,
         );
         for (i, node) in self.nodes.iter().enumerate() {
@@ -362,9 +394,12 @@ impl Run {
 
 /// GET a URL from this machine; `None` on a transport error.
 pub fn http_get(url: &str) -> Option<(u16, serde_json::Value)> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build();
+    http_get_within(url, Duration::from_secs(5))
+}
+
+/// GET with a timeout of its own, for requests that are slow on purpose.
+pub fn http_get_within(url: &str, timeout: Duration) -> Option<(u16, serde_json::Value)> {
+    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
     match agent.get(url).call() {
         Ok(resp) => {
             let code = resp.status();

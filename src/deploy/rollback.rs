@@ -1,0 +1,348 @@
+//! `slipway rollback`: put a release from the node's history back live. The previous
+//! release by default, `--to <release>` for an older one. Its stopped container is started
+//! again when it is still there; otherwise it starts from its image, which cleanup keeps.
+//! Rollback never runs migrations: when the database is newer than the release expects it
+//! says so and asks for confirmation (`--yes` in CI).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::bail;
+
+use super::{conclude, connect_all, lock_all, steps, Shared};
+use crate::config::Environment;
+use crate::error::Error;
+use crate::history::{self, Record};
+use crate::image::{self, Release};
+use crate::migrate;
+use crate::node::{quote, Node};
+use crate::playbook::{Params, Playbook, Step};
+use crate::render::Renderer;
+use crate::report::Reporter;
+use crate::{fleet, lock::Lock};
+
+pub struct RollbackOptions {
+    pub limit: Vec<String>,
+    pub to: Option<String>,
+    pub yes: bool,
+}
+
+/// The steps of a rollback: no build, no shipping, no snapshot, no migration.
+const STEPS: &[&str] = &[
+    "preflight",
+    "upload_bundle",
+    "ensure_infra",
+    "start_color",
+    "health_gate",
+    "switch",
+    "verify",
+    "drain",
+    "record",
+];
+
+pub async fn run(
+    root: &Path,
+    env_name: &str,
+    opts: &RollbackOptions,
+    reporter: Arc<Reporter>,
+) -> anyhow::Result<()> {
+    let env = Arc::new(Environment::load(root, env_name)?);
+    let specs = fleet::select(&env, &opts.limit)?;
+    let deploy_id = format!(
+        "r-{}-{}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S"),
+        std::process::id()
+    );
+
+    let nodes = connect_all(&env, &specs).await?;
+    let locks = lock_all(&nodes, &deploy_id, &reporter).await?;
+    let planned = plan_all(&nodes, opts).await;
+    let plans = match planned.and_then(|plans| confirm(&plans, opts.yes).map(|()| plans)) {
+        Ok(plans) => plans,
+        Err(e) => {
+            release_all(locks, &nodes).await;
+            return Err(e);
+        }
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for ((node, lock), plan) in nodes.into_iter().zip(locks).zip(plans) {
+        let shared = Arc::new(shared_for(
+            &env,
+            &plan.target,
+            &deploy_id,
+            reporter.clone(),
+        )?);
+        tasks.spawn(run_node(node, lock, shared));
+    }
+    let mut outcomes = Vec::new();
+    let mut release = None;
+    while let Some(done) = tasks.join_next().await {
+        let (outcome, target) = done?;
+        release.get_or_insert(target);
+        outcomes.push(outcome);
+    }
+    conclude(outcomes, &reporter, &release.expect("at least one node"))
+}
+
+async fn run_node(node: Node, lock: Lock, shared: Arc<Shared>) -> (super::Outcome, Release) {
+    let target = shared.release.clone();
+    (steps::deploy_node(node, lock, shared).await, target)
+}
+
+async fn release_all(locks: Vec<Lock>, nodes: &[Node]) {
+    for (lock, node) in locks.into_iter().zip(nodes) {
+        let _ = lock.release(node).await;
+    }
+}
+
+/// What a rollback will do on one node.
+struct Plan {
+    node: String,
+    live: String,
+    target: Record,
+    /// Set when the database is newer than the target release expects.
+    schema_warning: Option<String>,
+}
+
+async fn plan_all(nodes: &[Node], opts: &RollbackOptions) -> anyhow::Result<Vec<Plan>> {
+    let mut plans = Vec::new();
+    for node in nodes {
+        plans.push(plan(node, opts.to.as_deref()).await?);
+    }
+    Ok(plans)
+}
+
+async fn plan(node: &Node, to: Option<&str>) -> anyhow::Result<Plan> {
+    let records: Vec<Record> = history::read(node)
+        .await?
+        .into_iter()
+        .filter(|r| r.action != "failed")
+        .collect();
+    let Some(live) = records.last().map(|r| r.release.clone()) else {
+        bail!(Error::config(
+            format!("{}:{}", node.name, node.paths.history()),
+            "nothing was ever deployed here, so there is nothing to roll back to",
+            "deploy a release first",
+        ));
+    };
+
+    let target = pick_target(&records, &live, to).map_err(|message| {
+        let known: Vec<&str> = records.iter().rev().map(|r| r.release.as_str()).collect();
+        Error::config(
+            format!("{}:{}", node.name, node.paths.history()),
+            message,
+            format!(
+                "pick one of the releases this node ran: {}",
+                known.join(", ")
+            ),
+        )
+    })?;
+    check_image(node, &target).await?;
+
+    Ok(Plan {
+        node: node.name.clone(),
+        live,
+        schema_warning: schema_warning(node, &target, &records).await?,
+        target,
+    })
+}
+
+/// The release to go back to: `to`, or the last one that was live before `live`.
+fn pick_target(records: &[Record], live: &str, to: Option<&str>) -> Result<Record, String> {
+    match to {
+        Some(name) if name == live => Err(format!("release {name} is already live")),
+        Some(name) => records
+            .iter()
+            .rev()
+            .find(|r| r.release == name)
+            .cloned()
+            .ok_or_else(|| format!("release {name} is not in this node's history")),
+        None => records
+            .iter()
+            .rev()
+            .find(|r| r.release != live)
+            .cloned()
+            .ok_or_else(|| "no earlier release is recorded".to_string()),
+    }
+}
+
+async fn check_image(node: &Node, target: &Record) -> anyhow::Result<()> {
+    let out = node
+        .run(
+            &format!(
+                "docker image inspect {} >/dev/null 2>&1",
+                quote(&target.image)
+            ),
+            crate::host::Input::None,
+        )
+        .await?;
+    if !out.success() {
+        bail!(
+            "{}: the image of release {} is no longer on the node; deploy it again with `--ref {}`",
+            node.name,
+            target.release,
+            &target.commit[..7.min(target.commit.len())]
+        );
+    }
+    Ok(())
+}
+
+/// Says which migrations the database has that the target release predates.
+async fn schema_warning(
+    node: &Node,
+    target: &Record,
+    records: &[Record],
+) -> anyhow::Result<Option<String>> {
+    let db = migrate::state(node).await.unwrap_or_default();
+    let (Some(current), Some(expected)) = (db.version, target.schema_version) else {
+        return Ok(None);
+    };
+    if current <= expected {
+        return Ok(None);
+    }
+
+    let live_commit = records.last().map(|r| r.commit.clone()).unwrap_or_default();
+    let files = migrate::load(&node.env.root, &live_commit)
+        .await
+        .unwrap_or_default();
+    let newer: Vec<String> = files
+        .iter()
+        .filter(|m| m.version > expected && m.version <= current)
+        .map(|m| format!("{} ({})", m.version, m.name))
+        .collect();
+    let newer = if newer.is_empty() {
+        format!("{}..={current}", expected + 1)
+    } else {
+        newer.join(", ")
+    };
+    Ok(Some(format!(
+        "the database schema is at version {current}, newer than release {} expects ({expected}); \
+         newer migrations: {newer}. slipway will not run down migrations by itself: the release will \
+         run against the newer schema",
+        target.release
+    )))
+}
+
+/// Prints the plan and, when the schema is newer, asks before going on.
+fn confirm(plans: &[Plan], yes: bool) -> anyhow::Result<()> {
+    for plan in plans {
+        eprintln!(
+            "{} | rollback: {} -> {}",
+            plan.node, plan.live, plan.target.release
+        );
+    }
+    let warnings: Vec<&Plan> = plans
+        .iter()
+        .filter(|p| p.schema_warning.is_some())
+        .collect();
+    if warnings.is_empty() || yes {
+        for plan in &warnings {
+            eprintln!(
+                "{} | warning: {}",
+                plan.node,
+                plan.schema_warning.as_deref().unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
+
+    for plan in &warnings {
+        eprintln!(
+            "{} | {}",
+            plan.node,
+            plan.schema_warning.as_deref().unwrap_or_default()
+        );
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(Error::config(
+            "--yes",
+            "the rollback needs confirmation because the database is newer than the release",
+            "read the warning above, then pass --yes to go on",
+        ));
+    }
+    eprint!("roll back anyway? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!(Error::config(
+            "--yes",
+            "rollback cancelled, nothing was changed",
+            "run it again to confirm"
+        ));
+    }
+    Ok(())
+}
+
+fn shared_for(
+    env: &Environment,
+    target: &Record,
+    deploy_id: &str,
+    reporter: Arc<Reporter>,
+) -> anyhow::Result<Shared> {
+    let steps = STEPS
+        .iter()
+        .map(|name| Step::Builtin {
+            name: name.to_string(),
+            params: Params::default(),
+        })
+        .collect();
+    Ok(Shared {
+        renderer: Renderer::new(&env.root),
+        images: image::infra_tags(&env.root)?,
+        release: Release {
+            name: target.release.clone(),
+            commit: target.commit.clone(),
+            built_at: String::new(),
+            image: target.image.clone(),
+            image_id: target.image_id.clone(),
+        },
+        playbook: Playbook {
+            file: "(rollback)".into(),
+            steps,
+        },
+        migrations: Vec::new(),
+        deploy_id: deploy_id.to_string(),
+        action: "rollback".into(),
+        reporter,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(release: &str) -> Record {
+        Record {
+            action: "deploy".into(),
+            release: release.into(),
+            commit: "c".repeat(40),
+            image: format!("slipway/app:{release}"),
+            image_id: String::new(),
+            color: "blue".into(),
+            deployed_at: String::new(),
+            deployed_by: String::new(),
+            deploy_id: String::new(),
+            schema_version: None,
+        }
+    }
+
+    #[test]
+    fn picks_the_previous_release_or_the_named_one() {
+        let records = [record("r1"), record("r2"), record("r3")];
+        assert_eq!(pick_target(&records, "r3", None).unwrap().release, "r2");
+        assert_eq!(
+            pick_target(&records, "r3", Some("r1")).unwrap().release,
+            "r1"
+        );
+        assert!(pick_target(&records, "r3", Some("r3"))
+            .unwrap_err()
+            .contains("already live"));
+        assert!(pick_target(&records, "r3", Some("r9"))
+            .unwrap_err()
+            .contains("not in this node's history"));
+        assert!(pick_target(&records[..1], "r1", None).is_err());
+    }
+}

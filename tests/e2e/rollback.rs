@@ -1,0 +1,89 @@
+//! Rollback: back to the previous release (its stopped container), to an older release
+//! whose container is gone (started from its kept image), and across a schema change
+//! (warns, needs --yes, runs no migration).
+
+use crate::support::{on_node_ok, Project};
+
+fn schema(project: &Project) -> String {
+    on_node_ok(
+        &project.nodes[0],
+        &format!(
+            "docker exec -u postgres $(docker ps -q --filter label=com.docker.compose.project=events-{} \
+             --filter label=slipway.role=db) psql -X -A -t -U events -d events \
+             -c 'SELECT version || chr(32) || dirty FROM schema_migrations'",
+            project.env
+        ),
+    )
+}
+
+fn deploy_new(project: &Project, message: &str) -> String {
+    project.commit(message);
+    project.deploy().assert_code(0);
+    project.live_version(0).expect("the new release answers")
+}
+
+#[test]
+fn rollback_to_previous_and_older_releases() {
+    let project = Project::new("e2e-rollback", 18109, 1);
+    let v1 = deploy_new(&project, "v1");
+
+    project.write(
+        "migrations/000004_add_capacity.up.sql",
+        "ALTER TABLE events ADD COLUMN capacity integer;\n",
+    );
+    project.write(
+        "migrations/000004_add_capacity.down.sql",
+        "ALTER TABLE events DROP COLUMN capacity;\n",
+    );
+    let v2 = deploy_new(&project, "v2: capacity column");
+    let v3 = deploy_new(&project, "v3");
+    assert_eq!(schema(&project), "4 false");
+
+    let back = project.slipway().args(["rollback", &project.env]).run();
+    back.assert_code(0)
+        .assert_stderr_has(&format!("rollback: {v3} -> {v2}"))
+        .assert_stderr_has("started the kept");
+    assert_eq!(project.live_version(0).as_deref(), Some(v2.as_str()));
+
+    let refused = project
+        .slipway()
+        .args(["rollback", &project.env, "--to", &v1])
+        .run();
+    refused
+        .assert_code(2)
+        .assert_stderr_has("schema is at version 4, newer than release")
+        .assert_stderr_has("4 (add_capacity)")
+        .assert_stderr_has("will not run down migrations")
+        .assert_stderr_has("--yes");
+    assert_eq!(project.live_version(0).as_deref(), Some(v2.as_str()));
+
+    let older = project
+        .slipway()
+        .args(["rollback", &project.env, "--to", &v1, "--yes"])
+        .run();
+    older.assert_code(0);
+    assert!(
+        !older.stderr.contains("started the kept"),
+        "v1's container should be gone:\n{}",
+        older.stderr
+    );
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+    assert_eq!(schema(&project), "4 false", "rollback must not migrate");
+
+    let history = on_node_ok(
+        &project.nodes[0],
+        &format!("cat {}/history.jsonl", project.state_dir()),
+    );
+    assert_eq!(
+        history.matches("\"action\":\"rollback\"").count(),
+        2,
+        "{history}"
+    );
+    let unknown = project
+        .slipway()
+        .args(["rollback", &project.env, "--to", "nope"])
+        .run();
+    unknown
+        .assert_code(2)
+        .assert_stderr_has("not in this node's history");
+}
