@@ -49,6 +49,16 @@ pub async fn resolve(root: &Path, git_ref: &str) -> anyhow::Result<(String, Stri
     Ok((format!("{}-{stamp}", &commit[..7]), commit))
 }
 
+/// Whether the working tree has changes that a build from a commit leaves out.
+pub async fn dirty(root: &Path) -> bool {
+    Command::new("git")
+        .current_dir(root)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .await
+        .is_ok_and(|out| !out.stdout.is_empty())
+}
+
 /// Builds the app image from the commit's tree (never from uncommitted files).
 pub async fn build_app(env: &Environment, name: &str, commit: &str) -> anyhow::Result<Release> {
     let build = &env.settings.build;

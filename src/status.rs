@@ -174,7 +174,9 @@ fn check_templates(
 }
 
 async fn check_node(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<String> {
-    let node = fleet::connect(env, spec).await?;
+    let node = fleet::connect(env, spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("{:#}", e.root_cause()))?;
     let docker = node
         .sh("docker version --format '{{.Server.Version}}'")
         .await?;

@@ -178,8 +178,11 @@ pub fn load(root: &Path, env: &str) -> Result<Settings, Error> {
     if !root.join(&env_file).exists() {
         return Err(Error::config(
             &env_file,
-            format!("environment `{env}` has no inventory file"),
-            format!("create {env_file} (see inventory/staging.yml for the shape)"),
+            format!(
+                "environment `{env}` has no inventory file; environments here: {}",
+                known_environments(root).join(", ")
+            ),
+            format!("pick one of those, or create {env_file} (see inventory/staging.yml)"),
         ));
     }
 
@@ -191,6 +194,25 @@ pub fn load(root: &Path, env: &str) -> Result<Settings, Error> {
         .map_err(|e| Error::config(&env_file, e.to_string(), "correct the value"))?;
     validate(&settings, &env_file)?;
     Ok(settings)
+}
+
+/// Environment names that have an inventory file.
+fn known_environments(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("inventory"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".yml")
+                        .map(String::from)
+                })
+                .filter(|name| name != "all")
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Parses one file and checks it against the schema on its own, so errors name it.
@@ -216,14 +238,29 @@ fn read_checked(root: &Path, file: &str, required: bool) -> Result<Value, Error>
         Value::Null => Value::Mapping(Default::default()),
         other => other,
     };
-    serde_yaml::from_value::<Settings>(value.clone()).map_err(|e| {
-        Error::config(
-            file,
-            format!("{e}{}", locate(&text, &e.to_string())),
-            "remove or rename the key; see inventory/staging.yml for every known key",
-        )
-    })?;
+    if value.as_mapping().is_some_and(|m| !m.is_empty()) {
+        check_schema(&text, file)?;
+    }
     Ok(value)
+}
+
+/// Deserializes the file's own text, so errors carry the key path and the line.
+fn check_schema(text: &str, file: &str) -> Result<(), Error> {
+    let Err(e) = serde_yaml::from_str::<Settings>(text) else {
+        return Ok(());
+    };
+    let message = e.to_string();
+    let fix = if message.contains("unknown field") {
+        "remove or rename the key; README.md (Inventory keys) lists every key"
+    } else {
+        "correct the value at that line; README.md (Inventory keys) says what each key takes"
+    };
+    let place = if message.contains(" line ") {
+        String::new()
+    } else {
+        locate(text, &message)
+    };
+    Err(Error::config(file, format!("{message}{place}"), fix))
 }
 
 /// serde_yaml loses positions once a document is a `Value`; find the offending key's line.

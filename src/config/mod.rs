@@ -29,6 +29,7 @@ impl Environment {
         check_env_name(name)?;
 
         let settings = inventory::load(root, name)?;
+        check_key_files(root, name, &settings)?;
         let secrets = Secrets::load(root, &secrets_file(name))?;
 
         Ok(Environment {
@@ -60,6 +61,46 @@ impl Environment {
     pub fn path(&self, value: &str) -> PathBuf {
         resolve_path(&self.root, value)
     }
+}
+
+/// Every `key:` must name a private key file that only its owner can read.
+fn check_key_files(root: &Path, env: &str, settings: &Settings) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let file = format!("inventory/{env}.yml");
+    for node in &settings.nodes {
+        let Some(key) = node
+            .key
+            .as_deref()
+            .filter(|_| node.connection == Connection::Ssh)
+        else {
+            continue;
+        };
+        let path = resolve_path(root, key);
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            Error::config(
+                &file,
+                format!(
+                    "node `{}`: key file {} cannot be read: {e}",
+                    node.name,
+                    path.display()
+                ),
+                "set `key:` to an existing private key file, or remove it to use the ssh-agent",
+            )
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(Error::config(
+                &file,
+                format!(
+                    "node `{}`: key file {} is readable by group or others",
+                    node.name,
+                    path.display()
+                ),
+                format!("run `chmod 600 {}`", path.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn secrets_file(env: &str) -> String {

@@ -32,7 +32,7 @@ impl Secrets {
     /// every required secret.
     pub fn load(root: &Path, file: &str) -> Result<Self, Error> {
         let path = root.join(file);
-        check_permissions(&path, file)?;
+        check_permissions(root, &path, file)?;
 
         let mut values = BTreeMap::new();
         let entries = dotenvy::from_path_iter(&path).map_err(|e| {
@@ -59,7 +59,7 @@ impl Secrets {
                 return Err(Error::config(
                     file,
                     format!("secret `{name}` is missing"),
-                    format!("add a line `{name}=...` (see {file}.example)"),
+                    format!("add a line `{name}=...` (see {})", example(root, file)),
                 ));
             }
         }
@@ -85,12 +85,25 @@ pub fn file_name(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-fn check_permissions(path: &Path, file: &str) -> Result<(), Error> {
+/// The example to copy: the environment's own, or staging's.
+fn example(root: &Path, file: &str) -> String {
+    let own = format!("{file}.example");
+    if root.join(&own).exists() {
+        own
+    } else {
+        "inventory/staging.env.example".into()
+    }
+}
+
+fn check_permissions(root: &Path, path: &Path, file: &str) -> Result<(), Error> {
     let meta = std::fs::metadata(path).map_err(|e| {
         Error::config(
             file,
             format!("cannot read the secrets file: {e}"),
-            format!("copy {file}.example to {file}, fill in the values, then `chmod 600 {file}`"),
+            format!(
+                "copy {} to {file}, fill in the values, then `chmod 600 {file}`",
+                example(root, file)
+            ),
         )
     })?;
     let mode = meta.permissions().mode() & 0o777;

@@ -76,6 +76,13 @@ pub async fn run(
     let migrations = migrate::load(root, &commit)
         .await
         .map_err(|e| Error::config("migrations/", format!("{e:#}"), "fix the migration files"))?;
+    if image::dirty(root).await {
+        let note = format!(
+            "warning: the working tree has uncommitted changes; release {name} is built from commit {} alone",
+            &commit[..7]
+        );
+        reporter.info("local", &note);
+    }
     let deploy_id = format!(
         "d-{}-{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S"),
