@@ -25,8 +25,9 @@ pub struct Release {
     pub image_id: String,
 }
 
-/// Resolves `git_ref` in the project's repository and names a new release for it.
-pub async fn resolve(root: &Path, git_ref: &str) -> anyhow::Result<(String, String)> {
+/// Resolves `git_ref` in the project's repository and names its release: the one already
+/// built for that commit on this workstation, or a new `<sha7>-<UTC timestamp>`.
+pub async fn resolve(root: &Path, app: &str, git_ref: &str) -> anyhow::Result<(String, String)> {
     let out = Command::new("git")
         .current_dir(root)
         .args([
@@ -45,8 +46,36 @@ pub async fn resolve(root: &Path, git_ref: &str) -> anyhow::Result<(String, Stri
         );
     }
     let commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if let Some(name) = built_release(app, &commit).await? {
+        return Ok((name, commit));
+    }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     Ok((format!("{}-{stamp}", &commit[..7]), commit))
+}
+
+/// The newest release already built here from `commit`, if any.
+async fn built_release(app: &str, commit: &str) -> anyhow::Result<Option<String>> {
+    let out = Command::new("docker")
+        .args([
+            "images",
+            "--filter",
+            &format!("label=slipway.app={app}"),
+            "--filter",
+            &format!("label=slipway.commit={commit}"),
+            "--format",
+            "{{.Tag}}",
+        ])
+        .output()
+        .await
+        .context("cannot run docker on this machine")?;
+    let mut tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|t| t.starts_with(&commit[..7]))
+        .map(String::from)
+        .collect();
+    tags.sort();
+    Ok(tags.pop())
 }
 
 /// Whether the working tree has changes that a build from a commit leaves out.
@@ -63,6 +92,15 @@ pub async fn dirty(root: &Path) -> bool {
 pub async fn build_app(env: &Environment, name: &str, commit: &str) -> anyhow::Result<Release> {
     let build = &env.settings.build;
     let tag = format!("slipway/{}:{name}", env.settings.app);
+    if let Some(image_id) = local_image_id(&tag).await? {
+        return Ok(Release {
+            name: name.to_string(),
+            commit: commit.to_string(),
+            built_at: String::new(),
+            image_id,
+            image: tag,
+        });
+    }
     let built_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
     let context = build.context.trim_matches('/');
@@ -73,7 +111,7 @@ pub async fn build_app(env: &Environment, name: &str, commit: &str) -> anyhow::R
     };
     let script = format!(
         "set -o pipefail; git archive --format=tar {tree} | docker build -q -t {tag} -f {file} \
-         --label slipway.app={app} --label slipway.release={name} \
+         --label slipway.app={app} --label slipway.release={name} --label slipway.commit={commit} \
          --build-arg VERSION={name} --build-arg GIT_COMMIT={commit} --build-arg BUILD_TIME={built_at} -",
         tree = quote(&tree),
         tag = quote(&tag),

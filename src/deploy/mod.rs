@@ -66,13 +66,15 @@ pub async fn run(
         prerender(&env, spec, &renderer, &tags)?;
     }
 
-    let (name, commit) = image::resolve(root, &opts.git_ref).await.map_err(|e| {
-        Error::config(
-            "--ref",
-            e.to_string(),
-            "pass a commit, branch or tag that exists",
-        )
-    })?;
+    let (name, commit) = image::resolve(root, &env.settings.app, &opts.git_ref)
+        .await
+        .map_err(|e| {
+            Error::config(
+                "--ref",
+                e.to_string(),
+                "pass a commit, branch or tag that exists",
+            )
+        })?;
     let migrations = migrate::load(root, &commit)
         .await
         .map_err(|e| Error::config("migrations/", format!("{e:#}"), "fix the migration files"))?;
