@@ -105,6 +105,35 @@ fn describe(err: &minijinja::Error) -> String {
     text
 }
 
+/// Renders every template once for `node` with a stand-in release, so an undefined
+/// variable or a syntax error surfaces before any node is touched.
+pub fn check_all(
+    env: &Environment,
+    node: &str,
+    renderer: &Renderer,
+    images: &Images,
+) -> Result<(), Error> {
+    let release = ReleaseVars {
+        name: "0000000-check".into(),
+        commit: "0".repeat(40),
+        image: "slipway/check".into(),
+    };
+    let paths = Paths::new(env);
+    let ctx = context(
+        env,
+        node,
+        &paths,
+        images,
+        Some(&release),
+        Some("blue"),
+        Some("blue"),
+    );
+    for template in ALL {
+        renderer.render(template, &ctx)?;
+    }
+    Ok(())
+}
+
 /// The variables every template sees for one node of an environment.
 pub fn context(
     env: &Environment,

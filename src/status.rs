@@ -6,7 +6,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{Environment, NodeSpec};
-use crate::error::Error;
 use crate::node::Node;
 use crate::playbook::Playbook;
 use crate::render::{self, Renderer};
@@ -122,7 +121,7 @@ pub async fn check(env: Arc<Environment>, limit: &[String]) -> anyhow::Result<us
     let renderer = Renderer::new(&env.root);
     let images = image::infra_tags(&env.root)?;
     for spec in &specs {
-        check_templates(&env, spec, &renderer, &images)?;
+        render::check_all(&env, &spec.name, &renderer, &images)?;
     }
     println!(
         "ok   inventory, secrets file, templates and playbook ({} steps)",
@@ -144,33 +143,6 @@ pub async fn check(env: Arc<Environment>, limit: &[String]) -> anyhow::Result<us
         }
     }
     Ok(failed)
-}
-
-fn check_templates(
-    env: &Environment,
-    spec: &NodeSpec,
-    renderer: &Renderer,
-    images: &render::Images,
-) -> Result<(), Error> {
-    let release = render::ReleaseVars {
-        name: "0000000-check".into(),
-        commit: "0".repeat(40),
-        image: "slipway/check".into(),
-    };
-    let paths = crate::paths::Paths::new(env);
-    let ctx = render::context(
-        env,
-        &spec.name,
-        &paths,
-        images,
-        Some(&release),
-        Some("blue"),
-        Some("blue"),
-    );
-    for template in render::ALL {
-        renderer.render(template, &ctx)?;
-    }
-    Ok(())
 }
 
 async fn check_node(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<String> {

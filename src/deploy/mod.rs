@@ -14,14 +14,14 @@ use anyhow::Context;
 
 use crate::config::{Environment, NodeSpec};
 use crate::error::Error;
+use crate::fleet;
 use crate::image::{self, Release};
 use crate::lock::{self, Holder, Lock};
 use crate::migrate::{self, Migration};
 use crate::node::Node;
 use crate::playbook::Playbook;
-use crate::render::{self, Images, ReleaseVars, Renderer};
+use crate::render::{self, Images, Renderer};
 use crate::report::Reporter;
-use crate::{fleet, paths::Paths};
 
 pub use rollback::{run as rollback, RollbackOptions};
 
@@ -63,7 +63,7 @@ pub async fn run(
     let renderer = Renderer::new(root);
     let tags = image::infra_tags(root)?;
     for spec in &specs {
-        prerender(&env, spec, &renderer, &tags)?;
+        render::check_all(&env, &spec.name, &renderer, &tags)?;
     }
 
     let (name, commit) = image::resolve(root, &env.settings.app, &opts.git_ref)
@@ -143,34 +143,6 @@ async fn build(env: &Environment, name: &str, commit: &str) -> anyhow::Result<(I
     let images = image::build_infra(&env.root).await?;
     let release = image::build_app(env, name, commit).await?;
     Ok((images, release))
-}
-
-/// Renders every template once for the node so undefined variables surface now.
-fn prerender(
-    env: &Environment,
-    spec: &NodeSpec,
-    renderer: &Renderer,
-    images: &Images,
-) -> Result<(), Error> {
-    let release = ReleaseVars {
-        name: "0000000-check".into(),
-        commit: "0".repeat(40),
-        image: "slipway/check".into(),
-    };
-    let paths = Paths::new(env);
-    let ctx = render::context(
-        env,
-        &spec.name,
-        &paths,
-        images,
-        Some(&release),
-        Some("blue"),
-        Some("blue"),
-    );
-    for template in render::ALL {
-        renderer.render(template, &ctx)?;
-    }
-    Ok(())
 }
 
 pub(crate) async fn connect_all(
