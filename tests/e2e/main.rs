@@ -5,7 +5,11 @@
 mod support;
 
 mod deploy;
+mod field_cases;
 mod host_keys;
 mod invalid;
+mod load;
 mod local;
 mod lock;
+mod rollback;
+mod zero_downtime;
