@@ -176,6 +176,8 @@ pub fn context(
         "secrets": env.secrets.file_names(),
         "vars": vars,
         "active": active,
+        // What the node's engine supports; a deploy fills it in at preflight.
+        "engine": {"start_interval": false},
     });
 
     if let (Some(release), Some(color)) = (release, color) {

@@ -29,6 +29,8 @@ pub(super) struct Deploy {
     pub old_color: Option<String>,
     pub old_release: Option<String>,
     pub new_color: &'static str,
+    /// The node's Docker Engine takes a health check `start_interval` (API 1.44+).
+    pub engine_start_interval: bool,
     pub pending: Vec<Migration>,
     pub started_new: bool,
     pub switched: bool,
@@ -47,6 +49,7 @@ pub(super) async fn deploy_node(node: Node, lock: Lock, shared: Arc<Shared>) -> 
         old_color: None,
         old_release: None,
         new_color: "blue",
+        engine_start_interval: false,
         pending: Vec::new(),
         started_new: false,
         switched: false,
@@ -129,7 +132,7 @@ impl Deploy {
     async fn preflight(&mut self) -> anyhow::Result<()> {
         let node = &self.node;
         let docker = node
-            .sh("docker version --format '{{.Server.Version}}'")
+            .sh("docker version --format '{{.Server.Version}} {{.Server.APIVersion}}'")
             .await
             .context("Docker is not usable by this user on the node")?;
         let compose = node
@@ -137,6 +140,10 @@ impl Deploy {
             .await
             .context("the docker compose plugin is missing on the node")?;
         tracing::info!(node = %node.name, docker = docker.trim(), compose = compose.trim(), "preflight");
+        self.engine_start_interval = docker
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|api| api_at_least(api, (1, 44)));
 
         self.check_free_space().await?;
         self.old_color = switch::active_color(node).await?;
@@ -570,7 +577,7 @@ impl Deploy {
             commit: release.commit.clone(),
             image: release.image.clone(),
         };
-        render::context(
+        let mut ctx = render::context(
             &self.node.env,
             &self.node.name,
             &self.node.paths,
@@ -578,7 +585,9 @@ impl Deploy {
             Some(&vars),
             Some(color.unwrap_or(self.new_color)),
             self.old_color.as_deref(),
-        )
+        );
+        ctx["engine"]["start_interval"] = self.engine_start_interval.into();
+        ctx
     }
 
     /// IDs of this environment's containers of `color` (running only, or all).
@@ -636,6 +645,15 @@ impl Deploy {
     }
 }
 
+/// Whether a Docker API version such as `1.45` is at least `min`.
+fn api_at_least(api: &str, min: (u32, u32)) -> bool {
+    let mut parts = api.trim().split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
+}
+
 pub(super) fn dirty_message(version: Option<u64>) -> String {
     let v = version.map_or("?".into(), |v| v.to_string());
     format!(
@@ -656,4 +674,19 @@ fn tar_of(files: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {
         builder.append_data(&mut header, name, *bytes)?;
     }
     Ok(builder.into_inner()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_at_least;
+
+    #[test]
+    fn api_versions_compare_by_number_not_text() {
+        assert!(api_at_least("1.44", (1, 44)));
+        assert!(api_at_least("1.45\n", (1, 44)));
+        assert!(api_at_least("2.0", (1, 44)));
+        assert!(!api_at_least("1.43", (1, 44)));
+        assert!(!api_at_least("1.9", (1, 44)));
+        assert!(!api_at_least("", (1, 44)));
+    }
 }
