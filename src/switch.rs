@@ -6,25 +6,19 @@ use anyhow::{bail, Context};
 use crate::node::{quote, Node};
 use crate::render::{self, Images, Renderer};
 
-/// Makes `active` (or nothing: a 503 page) the color nginx serves.
+/// Exit code of the node-side script when `nginx -t` refuses the config.
+const TEST_REFUSED: i32 = 90;
+
+/// Makes `active` (or nothing: a 503 page) the color nginx serves: the new config is
+/// tested and, only if it passes, nginx reloads gracefully (one exec for both).
 pub async fn point_nginx(
     node: &Node,
     renderer: &Renderer,
     images: &Images,
     active: Option<&str>,
 ) -> anyhow::Result<()> {
-    let ctx = render::context(
-        &node.env,
-        &node.name,
-        &node.paths,
-        images,
-        None,
-        None,
-        active,
-    );
-    let conf = renderer.render(render::NGINX, &ctx)?;
-
-    let live = format!("{}/default.conf", node.paths.nginx_dir());
+    let conf = render_conf(node, renderer, images, active)?;
+    let live = live_path(node);
     let prev = format!("{live}.prev");
     node.sh(&format!(
         "mkdir -p {dir} && if [ -f {live} ]; then cp -p {live} {prev}; fi",
@@ -35,13 +29,14 @@ pub async fn point_nginx(
     .await?;
     node.write_file(&live, conf.into_bytes(), 0o644).await?;
 
-    let test = node
+    let script = format!("nginx -t 2>&1 || exit {TEST_REFUSED}; nginx -s reload");
+    let out = node
         .run(
-            &node.infra_compose("exec -T nginx nginx -t"),
+            &node.infra_compose(&format!("exec -T nginx sh -c {}", quote(&script))),
             crate::host::Input::None,
         )
         .await?;
-    if !test.success() {
+    if out.code == Some(TEST_REFUSED) {
         node.sh(&format!(
             "if [ -f {p} ]; then mv -f {p} {l}; fi",
             p = quote(&prev),
@@ -51,13 +46,12 @@ pub async fn point_nginx(
         .context("restoring the previous nginx config")?;
         bail!(
             "nginx -t refused the new config, the previous one was restored: {}",
-            test.tail(4)
+            out.tail(4)
         );
     }
-
-    node.sh(&node.infra_compose("exec -T nginx nginx -s reload"))
-        .await
-        .context("nginx reload")?;
+    if !out.success() {
+        bail!("nginx reload failed: {}", out.tail(4));
+    }
     Ok(())
 }
 
@@ -69,10 +63,24 @@ pub async fn ensure_config(
     images: &Images,
     active: Option<&str>,
 ) -> anyhow::Result<()> {
-    let live = format!("{}/default.conf", node.paths.nginx_dir());
+    let live = live_path(node);
     if node.read_file(&live).await?.is_some() {
         return Ok(());
     }
+    let conf = render_conf(node, renderer, images, active)?;
+    node.write_file(&live, conf.into_bytes(), 0o644).await
+}
+
+fn live_path(node: &Node) -> String {
+    format!("{}/default.conf", node.paths.nginx_dir())
+}
+
+fn render_conf(
+    node: &Node,
+    renderer: &Renderer,
+    images: &Images,
+    active: Option<&str>,
+) -> anyhow::Result<String> {
     let ctx = render::context(
         &node.env,
         &node.name,
@@ -82,8 +90,7 @@ pub async fn ensure_config(
         None,
         active,
     );
-    let conf = renderer.render(render::NGINX, &ctx)?;
-    node.write_file(&live, conf.into_bytes(), 0o644).await
+    Ok(renderer.render(render::NGINX, &ctx)?)
 }
 
 /// The color nginx serves now, as recorded on the node.
