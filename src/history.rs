@@ -21,6 +21,25 @@ pub struct Record {
     pub schema_version: Option<u64>,
 }
 
+impl Record {
+    /// A record with only the action and release filled in, for unit tests.
+    #[cfg(test)]
+    pub fn sample(action: &str, release: &str) -> Record {
+        Record {
+            action: action.into(),
+            release: release.into(),
+            commit: "c".repeat(40),
+            image: format!("slipway/app:{release}"),
+            image_id: String::new(),
+            color: "blue".into(),
+            deployed_at: String::new(),
+            deployed_by: String::new(),
+            deploy_id: String::new(),
+            schema_version: None,
+        }
+    }
+}
+
 pub async fn append(node: &Node, record: &Record) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(record)?;
     line.push(b'\n');

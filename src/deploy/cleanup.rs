@@ -109,29 +109,14 @@ pub fn kept_releases(records: &[Record], keep: usize) -> Vec<&str> {
 mod tests {
     use super::*;
 
-    fn record(release: &str, action: &str) -> Record {
-        Record {
-            action: action.into(),
-            release: release.into(),
-            commit: String::new(),
-            image: format!("slipway/app:{release}"),
-            image_id: String::new(),
-            color: "blue".into(),
-            deployed_at: String::new(),
-            deployed_by: String::new(),
-            deploy_id: String::new(),
-            schema_version: None,
-        }
-    }
-
     #[test]
     fn keeps_the_newest_live_releases_and_never_failed_ones() {
         let records = [
-            record("r1", "deploy"),
-            record("r2", "deploy"),
-            record("r3", "failed"),
-            record("r4", "deploy"),
-            record("r2", "rollback"),
+            Record::sample("deploy", "r1"),
+            Record::sample("deploy", "r2"),
+            Record::sample("failed", "r3"),
+            Record::sample("deploy", "r4"),
+            Record::sample("rollback", "r2"),
         ];
         assert_eq!(kept_releases(&records, 2), vec!["r2", "r4"]);
         assert_eq!(kept_releases(&records, 3), vec!["r2", "r4", "r1"]);

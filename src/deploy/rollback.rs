@@ -315,18 +315,7 @@ mod tests {
     use super::*;
 
     fn record(release: &str) -> Record {
-        Record {
-            action: "deploy".into(),
-            release: release.into(),
-            commit: "c".repeat(40),
-            image: format!("slipway/app:{release}"),
-            image_id: String::new(),
-            color: "blue".into(),
-            deployed_at: String::new(),
-            deployed_by: String::new(),
-            deploy_id: String::new(),
-            schema_version: None,
-        }
+        Record::sample("deploy", release)
     }
 
     #[test]

@@ -17,17 +17,6 @@ fn db_identity(project: &Project) -> String {
     )
 }
 
-fn psql(project: &Project, sql: &str) -> String {
-    on_node_ok(
-        &project.nodes[0],
-        &format!(
-            "docker exec -u postgres $(docker ps -q --filter label=com.docker.compose.project=events-{} --filter label=slipway.role=db) \
-             psql -X -A -t -U events -d events -c \"{sql}\"",
-            project.env
-        ),
-    )
-}
-
 fn status_json(project: &Project) -> serde_json::Value {
     let run = project
         .slipway()
@@ -46,10 +35,8 @@ fn first_deploy_then_second_flips_color_snapshots_and_migrates() {
     let v1 = project
         .live_version(0)
         .expect("nginx answers after the first deploy");
-    let extensions = psql(
-        &project,
-        "SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension",
-    );
+    let extensions =
+        project.psql("SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension");
     for ext in ["pg_trgm", "postgis", "vector"] {
         assert!(
             extensions.contains(ext),
@@ -57,10 +44,7 @@ fn first_deploy_then_second_flips_color_snapshots_and_migrates() {
         );
     }
     assert_eq!(
-        psql(
-            &project,
-            "SELECT version || ' ' || dirty FROM schema_migrations"
-        ),
+        project.psql("SELECT version || ' ' || dirty FROM schema_migrations"),
         "3 false"
     );
     let first_status = status_json(&project);
@@ -90,10 +74,7 @@ fn first_deploy_then_second_flips_color_snapshots_and_migrates() {
         "the database container was recreated"
     );
     assert_eq!(
-        psql(
-            &project,
-            "SELECT version || ' ' || dirty FROM schema_migrations"
-        ),
+        project.psql("SELECT version || ' ' || dirty FROM schema_migrations"),
         "4 false"
     );
 

@@ -5,15 +5,7 @@
 use crate::support::{on_node_ok, Project};
 
 fn schema(project: &Project) -> String {
-    on_node_ok(
-        &project.nodes[0],
-        &format!(
-            "docker exec -u postgres $(docker ps -q --filter label=com.docker.compose.project=events-{} \
-             --filter label=slipway.role=db) psql -X -A -t -U events -d events \
-             -c 'SELECT version || chr(32) || dirty FROM schema_migrations'",
-            project.env
-        ),
-    )
+    project.psql("SELECT version || ' ' || dirty FROM schema_migrations")
 }
 
 fn deploy_new(project: &Project, message: &str) -> String {

@@ -300,6 +300,19 @@ impl Project {
         (resp.0 == 200).then(|| resp.1["version"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Runs `sql` with psql in this environment's database container on the first node;
+    /// returns the unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> String {
+        on_node_ok(
+            &self.nodes[0],
+            &format!(
+                "docker exec -u postgres $(docker ps -q --filter label=com.docker.compose.project=events-{} \
+                 --filter label=slipway.role=db) psql -X -A -t -U events -d events -c \"{sql}\"",
+                self.env
+            ),
+        )
+    }
+
     /// Removes whatever an earlier run of this test left on the nodes.
     fn clean_nodes(&self) {
         let slug = format!("events-{}", self.env);
