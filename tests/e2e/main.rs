@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cleanup;
 mod deploy;
 mod field_cases;
 mod host_keys;

@@ -1,16 +1,18 @@
 //! Zero failed requests during deploys (issue 3, FC-01, FC-02): consecutive deploys while a
-//! paced load runs through nginx with slow requests in flight at every switch. Also the
+//! paced load runs through nginx with slow requests in flight at every switch and other
+//! containers coming and going on the environment's network. Also the
 //! benchmark (`tests/bench`) that sets slipway's switch beside the naive in-place update
 //! (`docker compose up -d --force-recreate` of a new image behind the same nginx).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::load::{ms, Load, Options, Report, Sample};
-use crate::support::{on_node, on_node_ok, Project, Run};
+use crate::support::{on_node, on_node_ok, HarnessNode, Project, Run};
 
 /// Seconds the old color keeps serving after a switch in these tests.
 const DRAIN_SECONDS: u64 = 5;
@@ -152,6 +154,16 @@ impl Change {
         change
     }
 
+    /// `slipway rollback` to the previous release, expected to be `release`.
+    fn rollback(project: &Project, release: &str) -> Change {
+        let started = Instant::now();
+        let child = project
+            .slipway()
+            .args(["rollback", &project.env, "--yes"])
+            .spawn();
+        Change::watch(started, child, " | switched to ", release.to_string())
+    }
+
     /// The span of requests this change is charged with: from its start to `SETTLE` after
     /// its end.
     fn span(&self) -> (Instant, Instant) {
@@ -208,6 +220,60 @@ fn nginx_errors(project: &Project, since: SystemTime) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Short-lived containers joining and leaving the environment's network on the node, so
+/// that addresses freed by a removed color are soon handed to someone else (FC-01): a
+/// proxy that kept dialing a stale address would reach a stranger or nothing.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    started: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Churn {
+    /// Starts a container that lives for two seconds about every second, until stopped or
+    /// for at most `limit`.
+    fn start(project: &Project, limit: Duration) -> Churn {
+        let node: HarnessNode = project.nodes[0].clone();
+        let image = on_node_ok(
+            &node,
+            &format!(
+                "docker ps --filter label=com.docker.compose.project=events-{} \
+                 --filter label=slipway.role=nginx --format '{{{{.Image}}}}'",
+                project.env
+            ),
+        );
+        let command = format!(
+            "docker run -d --rm --network events-{} --label slipway.test=churn \
+             --entrypoint sleep {image} 2 >/dev/null",
+            project.env
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), started.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if on_node(&node, &command).status.success() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(700));
+            }
+        });
+        Churn {
+            stop,
+            started,
+            thread,
+        }
+    }
+
+    /// Stops starting containers; returns how many were started.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.started.load(Ordering::Relaxed)
+    }
+}
+
 /// Where change `i`'s requests end: at the next change's start, or `SETTLE` after it.
 fn until(changes: &[Change], i: usize) -> Instant {
     changes
@@ -259,6 +325,7 @@ fn consecutive_deploys_under_load_fail_no_request() {
 
     let count = env_count("SLIPWAY_ZD_DEPLOYS", 4);
     let load = Load::start(&project.url(0, ""), load_options(count));
+    let churn = Churn::start(&project, CHANGE_BUDGET * count as u32);
     std::thread::sleep(Duration::from_secs(2));
     let mut changes = Vec::new();
     for i in 1..=count {
@@ -278,14 +345,20 @@ fn consecutive_deploys_under_load_fail_no_request() {
         changes.push(change);
     }
     std::thread::sleep(Duration::from_millis(SLOW_MS + 1000));
+    let churned = churn.stop();
     let report = load.stop();
     assert!(
         !report.hit_deadline,
         "the load stopped by itself before the deploys were done"
     );
+    assert!(
+        churned > 0,
+        "no other container came and went on the network"
+    );
 
     println!(
-        "{} deploys under load: fast {}; slow {}; max queue delay {:.1} ms",
+        "{} deploys under load, {churned} other containers came and went on the network: \
+         fast {}; slow {}; max queue delay {:.1} ms",
         changes.len(),
         report.latency(false),
         report.latency(true),
@@ -302,6 +375,10 @@ fn consecutive_deploys_under_load_fail_no_request() {
         failures.len(),
         report.count(),
         report.describe_failures()
+    );
+    assert!(
+        !nginx.contains("connect() failed"),
+        "nginx failed to connect to an upstream during the deploys:\n{nginx}"
     );
     let not_ok: Vec<String> = report.not_ok().iter().map(|s| report.describe(s)).collect();
     assert!(
@@ -463,10 +540,22 @@ fn bench_zero_downtime_vs_naive() {
         .collect();
     let deploy_log = nginx_errors(&project, since);
 
+    // The deploys left built[(runs - 1) % 2] live; each rollback goes to the other one.
+    let rollbacks: Vec<Change> = (0..runs)
+        .map(|i| {
+            let (_, release) = &built[(runs + i) % 2];
+            let change = Change::rollback(&project, release);
+            change.run.assert_code(0);
+            std::thread::sleep(SETTLE);
+            change
+        })
+        .collect();
+
+    // The last rollback left built[1] live; the first naive update goes to built[0].
     let since = SystemTime::now();
     let naive: Vec<Change> = (0..runs)
         .map(|i| {
-            let (_, release) = &built[(runs + i) % 2];
+            let (_, release) = &built[i % 2];
             let change = naive_update(&project, release);
             change.run.assert_code(0);
             std::thread::sleep(SETTLE);
@@ -482,9 +571,10 @@ fn bench_zero_downtime_vs_naive() {
     );
 
     let spans = |changes: &[Change]| changes.iter().map(Change::span).collect::<Vec<_>>();
-    let (quiet, during, in_place) = (
+    let (quiet, during, rolling_back, in_place) = (
         report.between(steady.0, steady.1),
         report.within(&spans(&deploys)),
+        report.within(&spans(&rollbacks)),
         report.within(&spans(&naive)),
     );
     println!(
@@ -510,6 +600,10 @@ fn bench_zero_downtime_vs_naive() {
     );
     println!("{}", table_row("steady (no deploy)", &quiet, &[]));
     println!("{}", table_row("slipway deploy", &during, &deploys));
+    println!(
+        "{}",
+        table_row("slipway rollback", &rolling_back, &rollbacks)
+    );
     println!("{}", table_row("naive compose up", &in_place, &naive));
     println!(
         "\nto live: command start to the first answer of the new version through nginx; \
@@ -517,8 +611,33 @@ fn bench_zero_downtime_vs_naive() {
          answer; old>1s: answers of the old version to requests sent >1 s after that line"
     );
     print_deploy_times(&deploys);
+    print_rollback_times(&rollbacks);
     print_failures("slipway deploy", &during, &deploy_log, usize::MAX);
     print_failures("naive compose up", &in_place, &naive_log, 10);
+}
+
+/// How long slipway's rollbacks took to the previous version answering, and in all.
+fn print_rollback_times(rollbacks: &[Change]) {
+    let total: Vec<f64> = rollbacks
+        .iter()
+        .map(|c| (c.finished - c.started).as_secs_f64())
+        .collect();
+    let switched: Vec<f64> = rollbacks
+        .iter()
+        .filter_map(|c| Some((c.switched? - c.started).as_secs_f64()))
+        .collect();
+    println!(
+        "slipway rollback to the previous release (its stopped container kept): `switched to` \
+         line {} s after the command, command {} s (it then drains the other color)",
+        spread(switched),
+        spread(total)
+    );
+    if let Some((_, line)) = rollbacks
+        .last()
+        .and_then(|c| c.lines.iter().find(|(_, l)| l.contains("live: ")))
+    {
+        println!("last rollback: {line}");
+    }
 }
 
 /// How long slipway's deploys took, and where the time went.
