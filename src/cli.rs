@@ -62,6 +62,20 @@ pub enum Command {
         #[command(subcommand)]
         command: LockCommand,
     },
+    /// Inspect the environment's secrets (names only, never values).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// List the secrets the templates need, and which are missing or unused.
+    Check {
+        /// Environment name: inventory/<env>.yml.
+        env: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

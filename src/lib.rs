@@ -17,6 +17,7 @@ pub mod playbook;
 pub mod redact;
 pub mod render;
 pub mod report;
+pub mod secret_check;
 pub mod snapshot;
 pub mod status;
 pub mod switch;

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use slipway::cli::{Cli, Command, LockCommand};
+use slipway::cli::{Cli, Command, LockCommand, SecretsCommand};
 use slipway::config::Environment;
 use slipway::error::{exit, exit_code, Error};
 use slipway::redact::redact;
@@ -9,6 +9,7 @@ use slipway::report::Reporter;
 use slipway::{deploy, status};
 
 fn main() {
+    mask_panics();
     let cli = Cli::parse();
     init_logging(cli.verbose);
 
@@ -62,6 +63,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             status::lock_status(env, &target.limit).await?;
             Ok(exit::OK)
         }
+        Command::Secrets {
+            command: SecretsCommand::Check { env },
+        } => {
+            slipway::secret_check::run(&root, &env)?;
+            Ok(exit::OK)
+        }
     }
 }
 
@@ -82,6 +89,20 @@ fn report(err: &anyhow::Error) -> i32 {
         }
     }
     exit_code(err)
+}
+
+/// A panic's report goes through the same masking as everything else slipway prints.
+fn mask_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::capture();
+        eprintln!(
+            "{}",
+            redact(&format!(
+                "slipway stopped on an internal error (a bug; the lock is freed when the \
+                 process exits): {info}\n{backtrace}"
+            ))
+        );
+    }));
 }
 
 fn init_logging(verbose: u8) {

@@ -3,6 +3,7 @@
 //! Undefined variables are errors (strict mode), so a missing value stops the deploy
 //! before any node is touched.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use minijinja::{path_loader, AutoEscape, Environment as Jinja, UndefinedBehavior};
@@ -63,12 +64,39 @@ impl Renderer {
             if e.kind() == minijinja::ErrorKind::UndefinedError && !missing.is_empty() {
                 message = format!("undefined variable `{}`: {message}", missing.join("`, `"));
             }
-            Error::config(
-                &file,
-                message,
-                "define the variable under `vars:` in inventory/all.yml or the environment's file",
-            )
+            let fix = if missing.iter().any(|m| m.starts_with("secrets.")) {
+                "add the secret to the environment's secrets file (inventory/<env>.env)"
+            } else {
+                "define the variable under `vars:` in inventory/all.yml or the environment's file"
+            };
+            Error::config(&file, message, fix)
         })
+    }
+
+    /// The secrets `template` uses (`secrets.NAME`), by name.
+    pub fn secrets_used(&self, template: &str) -> Result<BTreeSet<String>, Error> {
+        let tmpl = self.jinja.get_template(template).map_err(|e| {
+            Error::config(
+                format!("templates/{template}"),
+                describe(&e),
+                "create the template or fix its syntax",
+            )
+        })?;
+        Ok(tmpl
+            .undeclared_variables(true)
+            .iter()
+            .filter_map(|v| v.strip_prefix("secrets."))
+            .map(|name| name.split('.').next().unwrap_or(name).to_string())
+            .collect())
+    }
+
+    /// The secrets any template uses.
+    pub fn secrets_needed(&self) -> Result<BTreeSet<String>, Error> {
+        let mut needed = BTreeSet::new();
+        for template in ALL {
+            needed.extend(self.secrets_used(template)?);
+        }
+        Ok(needed)
     }
 }
 
@@ -173,7 +201,7 @@ pub fn context(
         "http_port": s.http_port,
         "http_bind": s.http_bind,
         "stop_grace_seconds": s.stop_grace_seconds,
-        "secrets": env.secrets.file_names(),
+        "secrets": env.secrets.file_map(),
         "vars": vars,
         "active": active,
         // What the node's engine supports; a deploy fills it in at preflight.
@@ -210,7 +238,11 @@ mod tests {
             "nodes:\n  - {name: n1, address: 10.1.1.1, user: deploy}\n",
         )
         .unwrap();
-        let env = Environment::load_without_secrets(dir.path(), "unit").unwrap();
+        let mut env = Environment::load_without_secrets(dir.path(), "unit").unwrap();
+        env.secrets = crate::config::Secrets::from_pairs([
+            ("DB_PASSWORD", "unit-db-password"),
+            ("API_KEY", "unit-api-key"),
+        ]);
 
         let paths = Paths::new(&env);
         let images = Images {
@@ -255,6 +287,24 @@ mod tests {
         assert_eq!(
             app["services"]["app"]["healthcheck"]["test"][1],
             "events-server"
+        );
+        assert_eq!(
+            app["secrets"]["api_key"]["file"], "./secrets/api_key",
+            "each release mounts its own copy of the secrets"
+        );
+        assert_eq!(
+            renderer
+                .secrets_needed()
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec!["API_KEY", "DB_PASSWORD"]
+        );
+        let env_file = renderer.render(APP_ENV, &ctx).unwrap();
+        assert!(env_file.contains("API_KEY_FILE=/run/secrets/api_key\n"));
+        assert!(
+            !env_file.contains("unit-api-key"),
+            "no secret value in the env file"
         );
 
         let nginx = renderer.render(NGINX, &ctx).unwrap();

@@ -1,7 +1,9 @@
-//! The environment's secrets file (`inventory/<env>.env`, `.env` format, git-ignored).
+//! Where secret values come from, and the set an environment deploys with.
 //!
-//! Values are registered for redaction the moment they are read, and never appear in
-//! `Debug` output.
+//! Deploy code sees only [`Secrets`]. Values come through a [`SecretStore`]: today the
+//! environment's secrets file (`inventory/<env>.env`, `.env` format, git-ignored); a cloud
+//! secret manager would be another store. Values are registered for redaction the moment
+//! they are read, and never appear in `Debug` output.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +15,75 @@ use crate::redact;
 
 /// Secrets every deploy needs.
 pub const REQUIRED: &[&str] = &["DB_PASSWORD"];
+
+/// A source of secret values.
+pub trait SecretStore {
+    /// Where the values come from, for messages (a file path, a vault address).
+    fn source(&self) -> &str;
+
+    /// One secret's value, or `None` when the store does not hold it.
+    fn get(&self, name: &str) -> Result<Option<String>, Error>;
+
+    /// The names of the secrets whose name starts with `prefix` (all for `""`).
+    fn list(&self, prefix: &str) -> Result<Vec<String>, Error>;
+}
+
+/// The environment's `.env`-format secrets file, read once.
+pub struct FileStore {
+    file: String,
+    values: BTreeMap<String, String>,
+}
+
+impl FileStore {
+    /// Reads the file: it must exist, be private to its owner, and parse.
+    pub fn open(root: &Path, file: &str) -> Result<Self, Error> {
+        let path = root.join(file);
+        check_permissions(root, &path, file)?;
+
+        let entries = dotenvy::from_path_iter(&path).map_err(|e| {
+            Error::config(
+                file,
+                format!("cannot read: {}", describe(&e, &path)),
+                "fix the file",
+            )
+        })?;
+        let mut values = BTreeMap::new();
+        for entry in entries {
+            let (name, value) = entry.map_err(|e| {
+                Error::config(
+                    file,
+                    describe(&e, &path),
+                    "write each secret as NAME='value' (in double quotes, write \\$ and \\\" for $ and \")",
+                )
+            })?;
+            redact::register(&value);
+            values.insert(name, value);
+        }
+        Ok(FileStore {
+            file: file.to_string(),
+            values,
+        })
+    }
+}
+
+impl SecretStore for FileStore {
+    fn source(&self) -> &str {
+        &self.file
+    }
+
+    fn get(&self, name: &str) -> Result<Option<String>, Error> {
+        Ok(self.values.get(name).cloned())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .values
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct Secrets {
@@ -28,34 +99,12 @@ impl fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// Reads and checks the file: it must exist, be private to its owner, parse, and hold
-    /// every required secret.
+    /// Reads the environment's secrets file and checks that it holds every required secret.
     pub fn load(root: &Path, file: &str) -> Result<Self, Error> {
-        let path = root.join(file);
-        check_permissions(root, &path, file)?;
-
-        let mut values = BTreeMap::new();
-        let entries = dotenvy::from_path_iter(&path).map_err(|e| {
-            Error::config(
-                file,
-                format!("cannot read: {}", describe(&e, &path)),
-                "fix the file",
-            )
-        })?;
-        for entry in entries {
-            let (name, value) = entry.map_err(|e| {
-                Error::config(
-                    file,
-                    describe(&e, &path),
-                    "write each secret as NAME=value; quote values with spaces in single quotes",
-                )
-            })?;
-            redact::register(&value);
-            values.insert(name, value);
-        }
-
+        let store = FileStore::open(root, file)?;
+        let secrets = Secrets::from_store(&store)?;
         for name in REQUIRED {
-            if !values.contains_key(*name) {
+            if secrets.get(name).is_none() {
                 return Err(Error::config(
                     file,
                     format!("secret `{name}` is missing"),
@@ -63,16 +112,48 @@ impl Secrets {
                 ));
             }
         }
+        Ok(secrets)
+    }
+
+    /// Every secret `store` holds, registered for redaction.
+    pub fn from_store(store: &dyn SecretStore) -> Result<Self, Error> {
+        let mut values = BTreeMap::new();
+        for name in store.list("")? {
+            if let Some(value) = store.get(&name)? {
+                redact::register(&value);
+                values.insert(name, value);
+            }
+        }
         Ok(Secrets { values })
+    }
+
+    /// A set built from literal pairs (tests and tools).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let values = pairs
+            .into_iter()
+            .map(|(k, v)| {
+                redact::register(v);
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        Secrets { values }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
     }
 
-    /// Secret names as files on the node: `DB_PASSWORD` becomes `db_password`.
-    pub fn file_names(&self) -> Vec<String> {
-        self.values.keys().map(|k| file_name(k)).collect()
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
+    /// Secret names mapped to their file names on the node and in containers
+    /// (`DB_PASSWORD` is `db_password`): what templates see as `secrets`.
+    pub fn file_map(&self) -> BTreeMap<String, String> {
+        self.values
+            .keys()
+            .map(|k| (k.clone(), file_name(k)))
+            .collect()
     }
 
     /// `(file name, value)` pairs for writing onto a node.
@@ -133,5 +214,50 @@ fn describe(err: &dotenvy::Error, path: &Path) -> String {
         }
         dotenvy::Error::Io(e) => e.to_string(),
         _ => "cannot parse the file".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SENTINEL: &str = "SNTL-7q$P&x 'y\"z;#*";
+
+    fn store_of(text: &str) -> Result<FileStore, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.env");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        FileStore::open(dir.path(), "test.env")
+    }
+
+    #[test]
+    fn values_with_dollar_quotes_hash_and_spaces_survive_byte_for_byte() {
+        let store = store_of(concat!(
+            "# a comment\n",
+            "DB_PASSWORD=\"SNTL-7q\\$P&x 'y\\\"z;#*\"\n",
+            "SINGLE='SNTL-7q$P&x \"y;#* $HOME'\n",
+        ))
+        .unwrap();
+        let secrets = Secrets::from_store(&store).unwrap();
+
+        assert_eq!(secrets.get("DB_PASSWORD"), Some(SENTINEL));
+        assert_eq!(secrets.get("SINGLE"), Some("SNTL-7q$P&x \"y;#* $HOME"));
+        assert_eq!(store.list("DB_").unwrap(), vec!["DB_PASSWORD"]);
+        assert_eq!(
+            redact::redact(&format!("pw={SENTINEL}")),
+            "pw=***",
+            "values are registered for masking as they are read"
+        );
+    }
+
+    #[test]
+    fn a_bad_line_is_named_by_number_without_its_value() {
+        let err = store_of("DB_PASSWORD=fine\nSNTL-broken 'value\n")
+            .err()
+            .expect("the file is refused");
+        let text = format!("{err} {}", err.hints().join(" "));
+        assert!(text.contains("line 2"), "{text}");
+        assert!(!text.contains("SNTL-broken"), "{text}");
     }
 }

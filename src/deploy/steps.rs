@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::{Outcome, Shared, Timer};
+use crate::config::file_name;
 use crate::health;
 use crate::history::{self, Record};
 use crate::host::Input;
@@ -212,11 +213,17 @@ impl Deploy {
         Ok(())
     }
 
-    /// Secrets (0600), then the release's compose and env files as one directory, renamed
-    /// into place.
+    /// The secrets the database and nginx use (0600, in the environment's secrets
+    /// directory), then the release's directory in one piece, renamed into place: its
+    /// compose and env files and its own copy of every secret (0600, in `secrets/`).
     async fn upload_bundle(&mut self) -> anyhow::Result<()> {
-        for (file, value) in self.node.env.secrets.files() {
-            let path = format!("{}/{file}", self.node.paths.secrets_dir());
+        let infra_secrets = self.shared.renderer.secrets_used(render::INFRA_COMPOSE)?;
+        let secrets = &self.node.env.secrets;
+        for name in &infra_secrets {
+            let Some(value) = secrets.get(name) else {
+                continue;
+            };
+            let path = format!("{}/{}", self.node.paths.secrets_dir(), file_name(name));
             self.node
                 .write_file(&path, value.as_bytes().to_vec(), 0o600)
                 .await?;
@@ -225,15 +232,20 @@ impl Deploy {
         let ctx = self.context(Some(self.new_color));
         let compose = self.shared.renderer.render(render::APP_COMPOSE, &ctx)?;
         let env_file = self.shared.renderer.render(render::APP_ENV, &ctx)?;
-        let bundle = tar_of(&[
-            ("app.yml", compose.as_bytes()),
-            ("app.env", env_file.as_bytes()),
-        ])?;
+        let mut files = vec![
+            ("app.yml".to_string(), compose.into_bytes(), 0o644),
+            ("app.env".to_string(), env_file.into_bytes(), 0o600),
+        ];
+        for (file, value) in secrets.files() {
+            files.push((format!("secrets/{file}"), value.as_bytes().to_vec(), 0o600));
+        }
+        let bundle = tar_of(&files)?;
 
         let dir = self.node.paths.release_dir(&self.shared.release.name);
         let tmp = format!("{dir}.partial");
         let command = format!(
-            "rm -rf {tmp} && mkdir -p {tmp} && tar -x -C {tmp} && chmod 600 {tmp}/app.env && rm -rf {dir} && mv {tmp} {dir}",
+            "rm -rf {tmp} && mkdir -p {tmp}/secrets && chmod 700 {tmp}/secrets && \
+             tar -x --no-same-owner -C {tmp} && rm -rf {dir} && mv {tmp} {dir}",
             tmp = quote(&tmp),
             dir = quote(&dir)
         );
@@ -663,15 +675,16 @@ pub(super) fn dirty_message(version: Option<u64>) -> String {
     )
 }
 
-fn tar_of(files: &[(&str, &[u8])]) -> anyhow::Result<Vec<u8>> {
+/// A tar of `(path, bytes, mode)` entries.
+fn tar_of(files: &[(String, Vec<u8>, u32)]) -> anyhow::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
-    for (name, bytes) in files {
+    for (name, bytes, mode) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
+        header.set_mode(*mode);
         header.set_mtime(chrono::Utc::now().timestamp() as u64);
         header.set_cksum();
-        builder.append_data(&mut header, name, *bytes)?;
+        builder.append_data(&mut header, name, bytes.as_slice())?;
     }
     Ok(builder.into_inner()?)
 }

@@ -20,6 +20,7 @@ func (a *app) routes() http.Handler {
 	mux.HandleFunc("/health", only("GET", a.health))
 	mux.HandleFunc("/version", only("GET", a.version))
 	mux.HandleFunc("/sleep", only("GET", a.sleep))
+	mux.HandleFunc("/secret-digest", only("GET", a.secretDigest))
 	mux.HandleFunc("/events", only("POST", a.createEvent))
 	mux.HandleFunc("/events/near", only("GET", a.eventsNear))
 	mux.HandleFunc("/events/similar", only("GET", a.eventsSimilar))

@@ -70,11 +70,23 @@ fn each_kind_of_invalid_input_is_refused_before_any_node_is_touched() {
     run.assert_code(2)
         .assert_stderr_has(&secrets)
         .assert_stderr_has("line 2");
+    assert!(
+        !run.stderr.contains("not an assignment"),
+        "the bad line is quoted:\n{}",
+        run.stderr
+    );
+
     project.write_secrets("DB_PASSWORD=e2e-db-password-1\n");
+    refused(
+        &project,
+        &["templates/app.env.j2", "secrets.API_KEY", "secrets file"],
+    );
+    let good_secrets = "DB_PASSWORD=e2e-db-password-1\nAPI_KEY=e2e-api-key-1\n";
+    project.write_secrets(good_secrets);
 
     std::fs::remove_file(project.root().join(&secrets)).unwrap();
     refused(&project, &[&secrets, "cannot read the secrets file"]);
-    project.write_secrets("DB_PASSWORD=e2e-db-password-1\n");
+    project.write_secrets(good_secrets);
 
     let template = project.root().join("templates/app.env.j2");
     let text = std::fs::read_to_string(&template).unwrap();
