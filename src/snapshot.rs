@@ -15,11 +15,12 @@ pub async fn take(node: &Node, commit: &str) -> anyhow::Result<String> {
 
     let inner = format!(
         "set -e; tmp=/snapshots/.{name}.partial; trap 'rm -f \"$tmp\"' EXIT; \
-         pg_dump -Fc -U {user} -d {dbname} -f \"$tmp\"; \
+         pg_dump -Fc --lock-wait-timeout={wait}s -U {user} -d {dbname} -f \"$tmp\"; \
          test -s \"$tmp\"; pg_restore --list \"$tmp\" >/dev/null; \
          mv \"$tmp\" /snapshots/{name}; trap - EXIT",
         user = quote(&db.user),
         dbname = quote(&db.name),
+        wait = node.env.settings.snapshot_lock_wait_seconds.max(1),
     );
     let command = node.infra_compose(&format!("exec -T db sh -c {}", quote(&inner)));
     node.sh(&command)

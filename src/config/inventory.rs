@@ -42,6 +42,9 @@ pub struct Settings {
     pub keep_releases: usize,
     /// Snapshots older than this are pruned (never the newest).
     pub snapshot_retention_days: u64,
+    /// Seconds pg_dump waits for its table locks before the snapshot (and the deploy)
+    /// fails, instead of queueing behind a long transaction indefinitely.
+    pub snapshot_lock_wait_seconds: u64,
     /// The playbook a deploy runs.
     pub playbook: String,
     pub nodes: Vec<NodeSpec>,
@@ -134,6 +137,7 @@ impl Default for Settings {
             watch_seconds: 30,
             keep_releases: 3,
             snapshot_retention_days: 7,
+            snapshot_lock_wait_seconds: 60,
             playbook: "playbooks/deploy.yml".into(),
             nodes: Vec::new(),
             vars: BTreeMap::new(),

@@ -13,4 +13,5 @@ mod load;
 mod local;
 mod lock;
 mod rollback;
+mod secrets;
 mod zero_downtime;
