@@ -201,9 +201,42 @@ impl CmdlineSampler {
     }
 }
 
-/// `docker inspect` of every container of the environment on the node: the database,
-/// nginx, both colors, stopped ones and one-off ones.
+/// Every string in a JSON document (keys too), one a line, unescaped: Docker writes `&` as
+/// `\u0026` and `"` as `\"`, which a search of the raw JSON would miss.
+fn json_strings(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| json_strings(v, out)),
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                out.push_str(key);
+                out.push('\n');
+                json_strings(v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `docker inspect` of every container of the environment on the node (the database,
+/// nginx, both colors, stopped ones and one-off ones), as its unescaped strings.
 fn inspect_all(project: &Project) -> String {
+    let raw = inspect_raw(project);
+    let parsed: serde_json::Value = serde_json::from_str(&raw).expect("docker inspect gives JSON");
+    let count = parsed.as_array().map_or(0, Vec::len);
+    assert!(
+        count >= 4,
+        "expected db, nginx, an app color and a one-off; inspected {count}"
+    );
+    let mut text = String::new();
+    json_strings(&parsed, &mut text);
+    text
+}
+
+fn inspect_raw(project: &Project) -> String {
     on_node_ok(
         &project.nodes[0],
         &format!(
