@@ -62,10 +62,27 @@ pub enum Command {
         #[command(subcommand)]
         command: LockCommand,
     },
+    /// Inspect the database schema's migrations.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
     /// Inspect the environment's secrets (names only, never values).
     Secrets {
         #[command(subcommand)]
         command: SecretsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Each node's schema version, dirty flag, and applied and pending migration files.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// The commit whose migrations/ directory is compared with the databases.
+        #[arg(long = "ref", default_value = "HEAD")]
+        git_ref: String,
     },
 }
 

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use slipway::cli::{Cli, Command, LockCommand, SecretsCommand};
+use slipway::cli::{Cli, Command, LockCommand, MigrateCommand, SecretsCommand};
 use slipway::config::Environment;
 use slipway::error::{exit, exit_code, Error};
 use slipway::redact::redact;
@@ -62,6 +62,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
             status::lock_status(env, &target.limit).await?;
             Ok(exit::OK)
+        }
+        Command::Migrate {
+            command: MigrateCommand::Status { target, git_ref },
+        } => {
+            let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
+            let clean = status::migrate_status(env, &target.limit, &git_ref).await?;
+            Ok(if clean { exit::OK } else { exit::FAILED })
         }
         Command::Secrets {
             command: SecretsCommand::Check { env },

@@ -12,6 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use tokio::process::Command;
 
+use crate::config::Migrations;
 use crate::node::Node;
 
 #[derive(Debug, Clone)]
@@ -102,14 +103,20 @@ pub fn advisory_lock_key(database: &str) -> u32 {
     crc32fast::hash(name.as_bytes()).wrapping_mul(1_486_364_155)
 }
 
-/// The psql script that applies `pending` under the advisory lock.
-pub fn script(pending: &[Migration], database: &str) -> String {
+/// The psql script that applies `pending` under the advisory lock. The session's lock and
+/// statement timeouts are set once the advisory lock is held (waiting for another migrator
+/// is not a lock to give up on).
+pub fn script(pending: &[Migration], database: &str, limits: &Migrations) -> String {
     let key = advisory_lock_key(database);
     let mut sql = format!(
         "SELECT pg_advisory_lock({key});\n\
+         SET lock_timeout = {lock};\n\
+         SET statement_timeout = {statement};\n\
          CREATE TABLE IF NOT EXISTS schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);\n\
          DO $$ BEGIN IF EXISTS (SELECT 1 FROM schema_migrations WHERE dirty) THEN \
-         RAISE EXCEPTION 'slipway: schema_migrations is dirty'; END IF; END $$;\n"
+         RAISE EXCEPTION 'slipway: schema_migrations is dirty'; END IF; END $$;\n",
+        lock = limits.lock_timeout_ms,
+        statement = limits.statement_timeout_seconds * 1000,
     );
 
     for m in pending {
@@ -132,7 +139,8 @@ pub fn script(pending: &[Migration], database: &str) -> String {
 
 /// Applies the pending migrations; returns the versions this run applied.
 pub async fn apply(node: &Node, pending: &[Migration]) -> anyhow::Result<Vec<u64>> {
-    let sql = script(pending, &node.env.settings.database.name);
+    let settings = &node.env.settings;
+    let sql = script(pending, &settings.database.name, &settings.migrations);
     let out = node.psql(&sql, "").await?;
 
     let applied = out
@@ -151,12 +159,52 @@ pub async fn apply(node: &Node, pending: &[Migration]) -> anyhow::Result<Vec<u64
         .filter_map(|l| l.strip_prefix("slipway-migrate-start "))
         .filter_map(|v| v.trim().parse().ok())
         .next_back();
+    let cause = match timed_out(&out.tail(6), &settings.migrations) {
+        Some(limit) => format!("{limit}; {}", blockers(node).await),
+        None => out.tail(6),
+    };
     match started {
         Some(v) => bail!(
-            "migration {v} failed and the database is now marked dirty at version {v}: {}",
-            out.tail(6)
+            "migration {v} failed and the database is now marked dirty at version {v} (its \
+             transaction was rolled back): {cause}"
         ),
-        None => bail!("migrations could not start: {}", out.tail(6)),
+        None => bail!("migrations could not start: {cause}"),
+    }
+}
+
+/// Which session limit cut a statement short, judging by Postgres's message.
+fn timed_out(message: &str, limits: &Migrations) -> Option<String> {
+    if message.contains("canceling statement due to lock timeout") {
+        Some(format!(
+            "it waited {} ms for a lock (migrations.lock_timeout_ms) and gave up, so the \
+             live app was not queued behind it",
+            limits.lock_timeout_ms
+        ))
+    } else if message.contains("canceling statement due to statement timeout") {
+        Some(format!(
+            "a statement ran longer than {} s (migrations.statement_timeout_seconds)",
+            limits.statement_timeout_seconds
+        ))
+    } else {
+        None
+    }
+}
+
+/// The other sessions in an open transaction, oldest first: whoever held the lock.
+async fn blockers(node: &Node) -> String {
+    let sql = "SELECT string_agg(format('pid %s (%s, %s, %s, transaction open %s s): %s', \
+               pid, usename, coalesce(nullif(application_name, ''), 'no name'), state, \
+               extract(epoch FROM now() - xact_start)::int, left(query, 160)), E'\\n' \
+               ORDER BY xact_start) FROM pg_stat_activity \
+               WHERE pid <> pg_backend_pid() AND datname = current_database() \
+               AND xact_start IS NOT NULL;";
+    match node.query(sql).await {
+        Ok(list) if !list.trim().is_empty() => format!(
+            "sessions with an open transaction, oldest first (the blocker is among them; end \
+             it or wait, then recover the dirty version):\n{list}"
+        ),
+        Ok(_) => "no session holds a transaction open any more".into(),
+        Err(e) => format!("the sessions could not be listed: {e:#}"),
     }
 }
 
@@ -225,10 +273,29 @@ mod tests {
 
     #[test]
     fn script_guards_each_version() {
-        let sql = script(&[m(4)], "events");
+        let limits = Migrations {
+            lock_timeout_ms: 2500,
+            statement_timeout_seconds: 60,
+        };
+        let sql = script(&[m(4)], "events", &limits);
         assert!(sql.contains("WHERE version >= 4) AS todo"));
         assert!(sql.contains("VALUES (4, true)"));
         assert!(sql.contains("VALUES (4, false)"));
-        assert!(sql.find("pg_advisory_lock").unwrap() < sql.find("VALUES (4, true)").unwrap());
+        let at = |text: &str| sql.find(text).unwrap();
+        assert!(at("pg_advisory_lock") < at("SET lock_timeout = 2500;"));
+        assert!(at("SET statement_timeout = 60000;") < at("VALUES (4, true)"));
+    }
+
+    #[test]
+    fn names_the_limit_that_stopped_a_statement() {
+        let limits = Migrations::default();
+        let lock = timed_out("ERROR:  canceling statement due to lock timeout", &limits);
+        assert!(lock.unwrap().contains("3000 ms"));
+        let statement = timed_out(
+            "ERROR:  canceling statement due to statement timeout",
+            &limits,
+        );
+        assert!(statement.unwrap().contains("600 s"));
+        assert_eq!(timed_out("ERROR:  syntax error", &limits), None);
     }
 }

@@ -9,7 +9,7 @@ use crate::config::{Environment, NodeSpec};
 use crate::node::Node;
 use crate::playbook::Playbook;
 use crate::render::{self, Renderer};
-use crate::{fleet, health, history, image, lock, switch};
+use crate::{fleet, health, history, image, lock, migrate, switch};
 
 /// One node's line in `status`.
 #[derive(Debug, Serialize)]
@@ -188,4 +188,73 @@ pub async fn lock_status(env: Arc<Environment>, limit: &[String]) -> anyhow::Res
         println!("{}: {}", spec.name, crate::redact::redact(&line));
     }
     Ok(any_locked)
+}
+
+/// `migrate status`: each node's schema version and dirty flag, and which migration files of
+/// `git_ref` are applied or pending there. True when every node answered and none is dirty.
+pub async fn migrate_status(
+    env: Arc<Environment>,
+    limit: &[String],
+    git_ref: &str,
+) -> anyhow::Result<bool> {
+    let files = migrate::load(&env.root, git_ref).await?;
+    let mut all_clean = true;
+    for spec in fleet::select(&env, limit)? {
+        let line = match fleet::connect(&env, &spec).await {
+            Ok(node) => match migrate::state(&node).await {
+                Ok(state) => {
+                    all_clean &= !state.dirty;
+                    describe_schema(&files, state)
+                }
+                Err(e) => {
+                    all_clean = false;
+                    format!("unknown: {e:#}")
+                }
+            },
+            Err(e) => {
+                all_clean = false;
+                format!("unreachable: {e:#}")
+            }
+        };
+        println!("{}: {}", spec.name, crate::redact::redact(&line));
+    }
+    Ok(all_clean)
+}
+
+fn describe_schema(files: &[migrate::Migration], state: migrate::SchemaState) -> String {
+    let Some(version) = state.version else {
+        return format!(
+            "no migration applied; pending: {}",
+            list_versions(&migrate::pending(files, state))
+        );
+    };
+    // A dirty version was started, not finished: it does not count as applied.
+    let applied = files
+        .iter()
+        .filter(|m| m.version < version || (m.version == version && !state.dirty))
+        .count();
+    let dirty = if state.dirty {
+        format!(
+            ", DIRTY: migration {version} failed part-way and deploys are refused until it is \
+             recovered"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "version {version}{dirty}; {applied} of {} files applied; pending: {}",
+        files.len(),
+        list_versions(&migrate::pending(files, state))
+    )
+}
+
+fn list_versions(migrations: &[migrate::Migration]) -> String {
+    if migrations.is_empty() {
+        return "none".into();
+    }
+    migrations
+        .iter()
+        .map(|m| format!("{} ({})", m.version, m.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

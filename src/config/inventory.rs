@@ -29,6 +29,7 @@ pub struct Settings {
     /// Address nginx binds on each node.
     pub http_bind: String,
     pub database: Database,
+    pub migrations: Migrations,
     pub health: Health,
     /// Seconds the old color keeps running after the switch so in-flight requests finish.
     pub drain_seconds: u64,
@@ -66,6 +67,26 @@ pub struct Build {
 pub struct Database {
     pub name: String,
     pub user: String,
+}
+
+/// Limits on a migration's database session, so it cannot stall the live app.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Migrations {
+    /// Milliseconds a statement may wait for a lock (Postgres `lock_timeout`): a migration
+    /// queued behind a long transaction fails fast instead of queueing the app behind it.
+    pub lock_timeout_ms: u64,
+    /// Seconds one statement may run (Postgres `statement_timeout`); 0 means no limit.
+    pub statement_timeout_seconds: u64,
+}
+
+impl Default for Migrations {
+    fn default() -> Self {
+        Migrations {
+            lock_timeout_ms: 3000,
+            statement_timeout_seconds: 600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -131,6 +152,7 @@ impl Default for Settings {
             http_port: 80,
             http_bind: "0.0.0.0".into(),
             database: Database::default(),
+            migrations: Migrations::default(),
             health: Health::default(),
             drain_seconds: 5,
             stop_grace_seconds: 15,

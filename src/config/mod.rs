@@ -6,7 +6,7 @@ mod secrets;
 
 use std::path::{Path, PathBuf};
 
-pub use inventory::{Build, Connection, Database, Health, NodeSpec, Settings};
+pub use inventory::{Build, Connection, Database, Health, Migrations, NodeSpec, Settings};
 pub use secrets::{file_name, FileStore, SecretStore, Secrets, REQUIRED as REQUIRED_SECRETS};
 
 use crate::error::Error;

@@ -12,6 +12,7 @@ mod invalid;
 mod load;
 mod local;
 mod lock;
+mod migrations;
 mod rollback;
 mod secrets;
 mod zero_downtime;
