@@ -76,6 +76,21 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
+    /// Record a dirty schema version as clean: --to the dirty version if its file did
+    /// apply, or the version before it if it did not. Runs no migration.
+    Recover {
+        #[command(flatten)]
+        target: Target,
+        /// The version to record as clean.
+        #[arg(long)]
+        to: u64,
+        /// The commit whose migrations/ directory gives the version before the dirty one.
+        #[arg(long = "ref", default_value = "HEAD")]
+        git_ref: String,
+        /// Go on without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Each node's schema version, dirty flag, and applied and pending migration files.
     Status {
         #[command(flatten)]

@@ -70,6 +70,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let clean = status::migrate_status(env, &target.limit, &git_ref).await?;
             Ok(if clean { exit::OK } else { exit::FAILED })
         }
+        Command::Migrate {
+            command:
+                MigrateCommand::Recover {
+                    target,
+                    to,
+                    git_ref,
+                    yes,
+                },
+        } => {
+            let opts = deploy::RecoverOptions {
+                limit: target.limit,
+                to,
+                git_ref,
+                yes,
+            };
+            deploy::recover(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            Ok(exit::OK)
+        }
         Command::Secrets {
             command: SecretsCommand::Check { env },
         } => {

@@ -137,6 +137,32 @@ pub fn script(pending: &[Migration], database: &str, limits: &Migrations) -> Str
     sql
 }
 
+/// Records `to` as the clean version, under the advisory lock, only while the database is
+/// still dirty at `dirty` (`to` 0: no version at all). Runs no migration.
+pub async fn force_clean(node: &Node, dirty: u64, to: u64) -> anyhow::Result<()> {
+    let key = advisory_lock_key(&node.env.settings.database.name);
+    let record = if to == 0 {
+        String::new()
+    } else {
+        format!("INSERT INTO schema_migrations VALUES ({to}, false);")
+    };
+    let sql = format!(
+        "SELECT pg_advisory_lock({key});\n\
+         BEGIN;\n\
+         DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM schema_migrations WHERE version = {dirty} \
+         AND dirty) THEN RAISE EXCEPTION 'slipway: schema_migrations is no longer dirty at \
+         {dirty}'; END IF; END $$;\n\
+         DELETE FROM schema_migrations; {record}\n\
+         COMMIT;\n\
+         SELECT pg_advisory_unlock({key});\n"
+    );
+    let out = node.psql(&sql, "").await?;
+    if !out.success() {
+        bail!("recording version {to} failed: {}", out.tail(4));
+    }
+    Ok(())
+}
+
 /// Applies the pending migrations; returns the versions this run applied.
 pub async fn apply(node: &Node, pending: &[Migration]) -> anyhow::Result<Vec<u64>> {
     let settings = &node.env.settings;
@@ -201,7 +227,7 @@ async fn blockers(node: &Node) -> String {
     match node.query(sql).await {
         Ok(list) if !list.trim().is_empty() => format!(
             "sessions with an open transaction, oldest first (the blocker is among them; end \
-             it or wait, then recover the dirty version):\n{list}"
+             it or wait for it):\n{list}"
         ),
         Ok(_) => "no session holds a transaction open any more".into(),
         Err(e) => format!("the sessions could not be listed: {e:#}"),

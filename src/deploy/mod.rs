@@ -2,6 +2,7 @@
 //! playbook on each node. A node that fails undoes its own change and says what it did.
 
 mod cleanup;
+mod recover;
 mod rollback;
 mod steps;
 mod undo;
@@ -23,6 +24,7 @@ use crate::playbook::Playbook;
 use crate::render::{self, Images, Renderer};
 use crate::report::Reporter;
 
+pub use recover::{run as recover, RecoverOptions};
 pub use rollback::{run as rollback, RollbackOptions};
 
 pub struct Options {

@@ -333,7 +333,7 @@ impl Deploy {
                     .unwrap_or("none (the database was empty)");
                 e.context(format!(
                     "snapshot taken before migrating: {snap}; the tool never forces the version: \
-                 inspect schema_migrations, fix the migration, then recover"
+                 see `slipway migrate status`, fix the cause, then `slipway migrate recover`"
                 ))
             })?;
         let state = migrate::state(&self.node).await?;
@@ -670,8 +670,9 @@ pub(super) fn dirty_message(version: Option<u64>) -> String {
     let v = version.map_or("?".into(), |v| v.to_string());
     format!(
         "the database is dirty at migration version {v}: a migration failed half-way. Nothing was changed. \
-         Restore the snapshot taken before it or repair the schema by hand, then set \
-         schema_migrations to the last good version with dirty = false, and deploy again"
+         Find out whether migration {v} is in the database (each file runs in one transaction, \
+         so a failed one normally left nothing), then record that with \
+         `slipway migrate recover <env> --to <version> --yes` and deploy again"
     )
 }
 

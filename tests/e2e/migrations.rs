@@ -1,6 +1,7 @@
 //! Migrations as a guarded phase (issue 5): a migration queued behind a long transaction
 //! gives up within the lock timeout, the deploy stops before the switch with the old
-//! release serving, the message names the blocker, and `migrate status` tells the state.
+//! release serving, the message names the blocker, `migrate status` tells the state, and
+//! `migrate recover` is the explicit way back to a clean schema.
 
 use std::process::{Command, Stdio};
 
@@ -81,4 +82,38 @@ fn a_migration_behind_a_long_transaction_fails_fast_and_names_the_blocker() {
         status.contains("version 4, DIRTY") && status.contains("3 of 4 files applied"),
         "{status}"
     );
+    project
+        .deploy()
+        .assert_code(1)
+        .assert_stderr_has("dirty at migration version 4")
+        .assert_stderr_has("slipway migrate recover");
+
+    let recover = |args: &[&str]| {
+        let mut all = vec!["migrate", "recover", project.env.as_str()];
+        all.extend_from_slice(args);
+        project.slipway().args(all).run()
+    };
+    recover(&["--to", "2", "--yes"])
+        .assert_code(2)
+        .assert_stderr_has("--to must be 4 (its file did apply) or 3 (it did not)");
+    recover(&["--to", "3"])
+        .assert_code(2)
+        .assert_stderr_has("taken as not applied")
+        .assert_stderr_has("--yes");
+    assert!(
+        migrate_status(&project).1.contains("DIRTY"),
+        "unconfirmed, unchanged"
+    );
+    recover(&["--to", "3", "--yes"])
+        .assert_code(0)
+        .assert_stderr_has("recorded as 3 (clean)");
+
+    project.deploy().assert_code(0);
+    let (code, status) = migrate_status(&project);
+    assert_eq!(code, 0, "{status}");
+    assert!(
+        status.contains("version 4; 4 of 4 files applied"),
+        "{status}"
+    );
+    assert_ne!(project.live_version(0), Some(v1));
 }
