@@ -67,6 +67,11 @@ pub enum Command {
         #[command(subcommand)]
         command: MigrateCommand,
     },
+    /// The database snapshots on each node.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Inspect the environment's secrets (names only, never values).
     Secrets {
         #[command(subcommand)]
@@ -98,6 +103,15 @@ pub enum MigrateCommand {
         /// The commit whose migrations/ directory is compared with the databases.
         #[arg(long = "ref", default_value = "HEAD")]
         git_ref: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Every node's snapshots, oldest first, with the release and schema version of each.
+    List {
+        #[command(flatten)]
+        target: Target,
     },
 }
 

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use slipway::cli::{Cli, Command, LockCommand, MigrateCommand, SecretsCommand};
+use slipway::cli::{Cli, Command, LockCommand, MigrateCommand, SecretsCommand, SnapshotCommand};
 use slipway::config::Environment;
 use slipway::error::{exit, exit_code, Error};
 use slipway::redact::redact;
@@ -87,6 +87,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             deploy::recover(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
             Ok(exit::OK)
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::List { target },
+        } => {
+            let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
+            let answered = status::snapshot_list(env, &target.limit).await?;
+            Ok(if answered { exit::OK } else { exit::FAILED })
         }
         Command::Secrets {
             command: SecretsCommand::Check { env },

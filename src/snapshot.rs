@@ -1,11 +1,73 @@
 //! Database snapshots before migrations: `pg_dump -Fc` inside the database container (so the
 //! dump is made by the server's own major version), written under a temporary name,
 //! checked with `pg_restore --list`, then renamed to `<db>_<UTC timestamp>_<sha7>.dump`.
+//! Beside each dump, `<name>.json` records what it was taken at.
 
 use anyhow::{bail, Context};
 use chrono::{NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::node::{quote, Node};
+
+/// What a snapshot was taken at, kept beside it as `<name>.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Meta {
+    pub taken_at: String,
+    /// The release being deployed, whose migrations were about to run.
+    pub before_release: String,
+    pub commit: String,
+    /// The release that was live when the snapshot was taken.
+    pub live_release: Option<String>,
+    /// The schema version the dump holds.
+    pub schema_version: Option<u64>,
+    pub bytes: u64,
+}
+
+/// Refuses when the snapshot directory has less free space than the database's size (a
+/// custom-format dump is usually smaller, so this errs on the safe side).
+pub async fn check_room(node: &Node) -> anyhow::Result<()> {
+    let size: u64 = node
+        .query("SELECT pg_database_size(current_database());")
+        .await?
+        .parse()
+        .context("pg_database_size is not a number")?;
+    let dir = quote(&node.paths.snapshots_dir());
+    let df = node
+        .sh(&format!("mkdir -p {dir} && df -Pk {dir} | tail -n 1"))
+        .await?;
+    let free = df
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .context("cannot read the free space of the snapshot directory")?;
+    if free < size {
+        bail!(
+            "the snapshot would not fit: the database is {size} bytes ({} MB) and {} has only \
+             {free} bytes ({} MB) free; free some space there before deploying a migration",
+            size >> 20,
+            node.paths.snapshots_dir(),
+            free >> 20
+        );
+    }
+    Ok(())
+}
+
+/// Writes the snapshot's record beside it.
+pub async fn record(node: &Node, name: &str, mut meta: Meta) -> anyhow::Result<()> {
+    let path = format!("{}/{name}", node.paths.snapshots_dir());
+    let size = node.sh(&format!("stat -c %s {}", quote(&path))).await?;
+    meta.bytes = size.trim().parse().unwrap_or(0);
+    node.write_file(&format!("{path}.json"), serde_json::to_vec(&meta)?, 0o600)
+        .await
+}
+
+/// Reads a snapshot's record; `None` for a snapshot taken before records existed.
+pub async fn meta(node: &Node, name: &str) -> anyhow::Result<Option<Meta>> {
+    let path = format!("{}/{name}.json", node.paths.snapshots_dir());
+    let text = node.read_file(&path).await?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
 
 /// Takes a snapshot; returns its file name in the node's snapshot directory.
 pub async fn take(node: &Node, commit: &str) -> anyhow::Result<String> {
@@ -54,7 +116,11 @@ pub async fn prune(node: &Node) -> anyhow::Result<Vec<String>> {
         return Ok(old);
     }
 
-    let files: Vec<String> = old.iter().map(|f| quote(&format!("{dir}/{f}"))).collect();
+    let files: Vec<String> = old
+        .iter()
+        .flat_map(|f| [format!("{dir}/{f}"), format!("{dir}/{f}.json")])
+        .map(|p| quote(&p))
+        .collect();
     node.sh(&format!("rm -f {}", files.join(" "))).await?;
     Ok(old)
 }

@@ -9,7 +9,7 @@ use crate::config::{Environment, NodeSpec};
 use crate::node::Node;
 use crate::playbook::Playbook;
 use crate::render::{self, Renderer};
-use crate::{fleet, health, history, image, lock, migrate, switch};
+use crate::{fleet, health, history, image, lock, migrate, snapshot, switch};
 
 /// One node's line in `status`.
 #[derive(Debug, Serialize)]
@@ -257,4 +257,48 @@ fn list_versions(migrations: &[migrate::Migration]) -> String {
         .map(|m| format!("{} ({})", m.version, m.name))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `snapshot list`: every node's snapshots, oldest first, with what each was taken at.
+pub async fn snapshot_list(env: Arc<Environment>, limit: &[String]) -> anyhow::Result<bool> {
+    let mut all_answered = true;
+    for spec in fleet::select(&env, limit)? {
+        println!("{}:", spec.name);
+        let lines = match fleet::connect(&env, &spec).await {
+            Ok(node) => snapshot_lines(&node).await,
+            Err(e) => Err(e),
+        };
+        match lines {
+            Ok(lines) if lines.is_empty() => println!("  no snapshot"),
+            Ok(lines) => lines.iter().for_each(|l| println!("  {l}")),
+            Err(e) => {
+                all_answered = false;
+                println!(
+                    "  unreachable: {}",
+                    crate::redact::redact(&format!("{e:#}"))
+                );
+            }
+        }
+    }
+    Ok(all_answered)
+}
+
+async fn snapshot_lines(node: &Node) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for name in snapshot::list(node).await? {
+        let line = match snapshot::meta(node, &name).await? {
+            Some(m) => format!(
+                "{name}  {:.1} MB  schema {}  taken {} before deploying {} (live: {})",
+                m.bytes as f64 / 1e6,
+                m.schema_version
+                    .map_or("none".to_string(), |v| v.to_string()),
+                m.taken_at,
+                m.before_release,
+                m.live_release.as_deref().unwrap_or("none"),
+            ),
+            None => format!("{name}  (no record)"),
+        };
+        lines.push(line);
+    }
+    Ok(lines)
 }

@@ -158,6 +158,9 @@ impl Deploy {
             }
             self.pending = migrate::pending(&self.shared.migrations, state);
             self.schema_version = state.version;
+            if !self.pending.is_empty() && state.version.is_some() {
+                snapshot::check_room(node).await?;
+            }
         } else {
             self.pending = self.shared.migrations.clone();
         }
@@ -307,7 +310,17 @@ impl Deploy {
         if !pruned.is_empty() {
             self.info(&format!("pruned {} old snapshot(s)", pruned.len()));
         }
-        let name = snapshot::take(&self.node, &self.shared.release.commit).await?;
+        let release = &self.shared.release;
+        let name = snapshot::take(&self.node, &release.commit).await?;
+        let meta = snapshot::Meta {
+            taken_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            before_release: release.name.clone(),
+            commit: release.commit.clone(),
+            live_release: self.old_release.clone(),
+            schema_version: self.schema_version,
+            bytes: 0,
+        };
+        snapshot::record(&self.node, &name, meta).await?;
         self.info(&format!("snapshot {name}"));
         self.snapshot = Some(name);
         Ok(())

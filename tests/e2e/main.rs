@@ -15,4 +15,5 @@ mod lock;
 mod migrations;
 mod rollback;
 mod secrets;
+mod snapshots;
 mod zero_downtime;
