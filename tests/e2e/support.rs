@@ -7,9 +7,13 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The harness environment whose nodes every test shares (`tests/harness/nodes up ci 2`).
-const HARNESS_ENV: &str = "ci";
+/// The harness environment whose nodes every test shares (`tests/harness/nodes up ci 2`);
+/// `SLIPWAY_HARNESS_ENV` picks other nodes, so two checkouts can test side by side.
 const HARNESS_NODES: usize = 2;
+
+fn harness_env() -> String {
+    std::env::var("SLIPWAY_HARNESS_ENV").unwrap_or_else(|_| "ci".into())
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -26,17 +30,18 @@ pub struct HarnessNode {
 pub fn harness() -> &'static [HarnessNode] {
     static NODES: OnceLock<Vec<HarnessNode>> = OnceLock::new();
     NODES.get_or_init(|| {
+        let env = harness_env();
         let status = Command::new(repo().join("tests/harness/nodes"))
-            .args(["up", HARNESS_ENV, &HARNESS_NODES.to_string()])
+            .args(["up", &env, &HARNESS_NODES.to_string()])
             .current_dir(repo())
             .stdout(Stdio::null())
             .status()
             .expect("tests/harness/nodes runs");
-        assert!(status.success(), "tests/harness/nodes up {HARNESS_ENV} failed");
+        assert!(status.success(), "tests/harness/nodes up {env} failed");
 
         (1..=HARNESS_NODES)
             .map(|i| {
-                let container = format!("slipway-{HARNESS_ENV}-node-{i}");
+                let container = format!("slipway-{env}-node-{i}");
                 let address = sh_ok(&format!(
                     "docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' {container}"
                 ));
