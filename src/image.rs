@@ -225,6 +225,8 @@ pub async fn ship(node: &Node, tag: &str) -> anyhow::Result<u64> {
         return Ok(0);
     }
 
+    check_room(node, tag).await?;
+
     let before = node.host.bytes_sent();
     let mut save = Command::new("docker")
         .args(["save", tag])
@@ -254,6 +256,63 @@ pub async fn ship(node: &Node, tag: &str) -> anyhow::Result<u64> {
     Ok(node.host.bytes_sent() - before)
 }
 
+/// Refuses to send `tag` when the node's Docker root cannot hold it (FC-20), before a byte
+/// is transferred. `docker load` unpacks the whole archive under that directory and then
+/// registers the layers the node lacks, so it needs the image's size, and as much again
+/// when any layer is new.
+async fn check_room(node: &Node, tag: &str) -> anyhow::Result<()> {
+    let (size, layers) = local_size_and_layers(tag).await?;
+    let script = r#"root=$(docker info --format '{{.DockerRootDir}}') &&
+        df -Pk "$root" | awk 'NR == 2 {print $4 * 1024}' && echo "$root" &&
+        docker image ls -q | sort -u | xargs -r docker image inspect --format '{{range .RootFS.Layers}}{{println .}}{{end}}'"#;
+    let out = node.sh(script).await?;
+    let mut lines = out.lines();
+    let free: u64 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    let root = lines.next().unwrap_or("/var/lib/docker").trim().to_string();
+    let present: std::collections::HashSet<&str> = lines.map(str::trim).collect();
+
+    let needed = bytes_needed(size, layers.iter().any(|l| !present.contains(l.as_str())));
+    if free < needed {
+        bail!(
+            "not enough disk on the node for {tag}: loading it needs about {needed} bytes under              {root}, and {free} bytes are free; free space there (`docker system df` on the              node; a lower keep_releases keeps fewer old images), then deploy again"
+        );
+    }
+    Ok(())
+}
+
+/// The room `docker load` needs: the archive, plus the unpacked layers when any is new,
+/// plus a margin for the engine's own metadata.
+fn bytes_needed(image_size: u64, has_new_layers: bool) -> u64 {
+    const MARGIN: u64 = 64 << 20;
+    let layers = if has_new_layers { image_size } else { 0 };
+    image_size + layers + MARGIN
+}
+
+/// The image's size in bytes and its layer digests, from the workstation's engine.
+async fn local_size_and_layers(tag: &str) -> anyhow::Result<(u64, Vec<String>)> {
+    let out = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Size}}{{range .RootFS.Layers}} {{.}}{{end}}",
+            tag,
+        ])
+        .output()
+        .await
+        .context("cannot run docker on this machine")?;
+    if !out.status.success() {
+        bail!("image {tag} is not built");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let size = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    Ok((size, words.map(str::to_string).collect()))
+}
+
 /// Runs a shell script on the workstation; the error quotes the end of its output.
 async fn local_sh(root: &Path, script: &str) -> anyhow::Result<String> {
     let out = Command::new("bash")
@@ -269,4 +328,16 @@ async fn local_sh(root: &Path, script: &str) -> anyhow::Result<String> {
         bail!("{}", lines[lines.len().saturating_sub(12)..].join("\n"));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_needed;
+
+    #[test]
+    fn a_new_layer_needs_room_for_the_archive_and_the_unpacked_image() {
+        let margin = 64 << 20;
+        assert_eq!(bytes_needed(1000, true), 2000 + margin);
+        assert_eq!(bytes_needed(1000, false), 1000 + margin);
+    }
 }
