@@ -40,6 +40,7 @@ impl FileStore {
         let path = root.join(file);
         check_permissions(root, &path, file)?;
 
+        refuse_expansions(&path, file)?;
         let entries = dotenvy::from_path_iter(&path).map_err(|e| {
             Error::config(
                 file,
@@ -198,6 +199,55 @@ fn check_permissions(root: &Path, path: &Path, file: &str) -> Result<(), Error> 
     Ok(())
 }
 
+/// A `$` outside single quotes is expanded by the `.env` format (`$HOME`, `${X}`), so a
+/// secret holding one would silently arrive changed: refuse it, naming the line, unless
+/// it is escaped as `\$`.
+fn refuse_expansions(path: &Path, file: &str) -> Result<(), Error> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for (n, line) in text.lines().enumerate() {
+        if let Some(name) = expanding_assignment(line) {
+            return Err(Error::config(
+                file,
+                format!(
+                    "line {}: the value of `{name}` holds a `$` that would be expanded",
+                    n + 1
+                ),
+                "wrap the value in single quotes, or write the `$` as `\\$`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The name assigned on `line` when its value holds an unescaped `$` outside single quotes.
+fn expanding_assignment(line: &str) -> Option<&str> {
+    let line = line.trim_start();
+    let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+    let (name, value) = line.split_once('=')?;
+    let name = name.trim();
+    let is_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    let value = value.trim_start();
+    if !is_name || name.starts_with('#') || value.starts_with('\'') {
+        return None;
+    }
+
+    let quoted = value.starts_with('"');
+    let (mut escaped, mut after_space) = (false, false);
+    for c in value.chars() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '$' if !escaped => return Some(name),
+            '#' if !quoted && after_space => return None,
+            _ => escaped = false,
+        }
+        after_space = c.is_whitespace();
+    }
+    None
+}
+
 /// dotenvy's messages quote the line, which may hold a secret: give its number instead.
 fn describe(err: &dotenvy::Error, path: &Path) -> String {
     match err {
@@ -249,6 +299,30 @@ mod tests {
             "pw=***",
             "values are registered for masking as they are read"
         );
+    }
+
+    #[test]
+    fn a_dollar_that_would_be_expanded_is_refused_by_line() {
+        for text in [
+            "DB_PASSWORD=ok\nAPI_KEY=SNTL-a$b\n",
+            "DB_PASSWORD=ok\nAPI_KEY=\"SNTL-${HOME}\"\n",
+            "DB_PASSWORD=ok\nAPI_KEY=SNTL-a#b$c\n",
+        ] {
+            let err = store_of(text).err().expect("the file is refused");
+            let text = format!("{err} {}", err.hints().join(" "));
+            assert!(
+                text.contains("line 2") && text.contains("API_KEY"),
+                "{text}"
+            );
+            assert!(!text.contains("SNTL-"), "{text}");
+        }
+        for fine in [
+            "API_KEY='a$b'\n",
+            "API_KEY=\"a\\$b\"\n",
+            "API_KEY=plain # a comment with $HOME\n",
+        ] {
+            assert!(store_of(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]
