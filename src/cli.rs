@@ -72,6 +72,15 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Show the host keys the nodes offer; with --fingerprint, add the key that matches
+    /// it to known_hosts (hashed), replacing an older key of that node.
+    Trust {
+        #[command(flatten)]
+        target: Target,
+        /// The SHA256 fingerprint you checked out of band, e.g. `SHA256:...`.
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
     /// Inspect the environment's secrets (names only, never values).
     Secrets {
         #[command(subcommand)]

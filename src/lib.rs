@@ -21,3 +21,4 @@ pub mod secret_check;
 pub mod snapshot;
 pub mod status;
 pub mod switch;
+pub mod trust;

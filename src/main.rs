@@ -6,7 +6,7 @@ use slipway::config::Environment;
 use slipway::error::{exit, exit_code, Error};
 use slipway::redact::redact;
 use slipway::report::Reporter;
-use slipway::{deploy, status};
+use slipway::{deploy, status, trust};
 
 fn main() {
     mask_panics();
@@ -94,6 +94,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
             let answered = status::snapshot_list(env, &target.limit).await?;
             Ok(if answered { exit::OK } else { exit::FAILED })
+        }
+        Command::Trust {
+            target,
+            fingerprint,
+        } => {
+            let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
+            let refused = trust::run(env, &target.limit, fingerprint.as_deref()).await?;
+            Ok(if refused == 0 { exit::OK } else { exit::FAILED })
         }
         Command::Secrets {
             command: SecretsCommand::Check { env },

@@ -17,12 +17,41 @@ pub enum Verdict {
     Trusted,
     /// The host is listed with a key of the same type that differs.
     Changed {
-        file: PathBuf,
+        file: String,
         line: usize,
         known: String,
     },
     /// No line lists this host with a key of this type.
-    Unknown { file: PathBuf },
+    Unknown { file: String },
+}
+
+/// A known_hosts list: read from a file, or given whole in an environment variable (CI).
+#[derive(Debug, Clone)]
+pub struct KnownHosts {
+    /// How messages name it: the file's path, or `$VARIABLE`.
+    pub label: String,
+    /// The file, when it is one (the only kind `slipway trust` can add to).
+    pub path: Option<PathBuf>,
+    pub text: String,
+}
+
+impl KnownHosts {
+    /// The file at `path`; a missing file is an empty list.
+    pub fn file(path: &Path) -> Self {
+        KnownHosts {
+            label: path.display().to_string(),
+            path: Some(path.to_path_buf()),
+            text: std::fs::read_to_string(path).unwrap_or_default(),
+        }
+    }
+
+    pub fn inline(variable: &str, text: String) -> Self {
+        KnownHosts {
+            label: format!("${variable}"),
+            path: None,
+            text,
+        }
+    }
 }
 
 /// The OpenSSH spelling of a host in known_hosts: `host` on port 22, `[host]:port` elsewhere.
@@ -38,13 +67,12 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Checks `offered` for `host:port` against the file at `path`.
-pub fn verify(path: &Path, host: &str, port: u16, offered: &PublicKey) -> Verdict {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// Checks `offered` for `host:port` against `known`.
+pub fn verify(known: &KnownHosts, host: &str, port: u16, offered: &PublicKey) -> Verdict {
     let pattern = host_pattern(host, port);
     let mut changed = None;
 
-    for (index, line) in text.lines().enumerate() {
+    for (index, line) in known.text.lines().enumerate() {
         let Some(entry) = parse_line(line) else {
             continue;
         };
@@ -60,42 +88,62 @@ pub fn verify(path: &Path, host: &str, port: u16, offered: &PublicKey) -> Verdic
     }
 
     match changed {
-        Some((line, known)) => Verdict::Changed {
-            file: path.to_path_buf(),
+        Some((line, fingerprint)) => Verdict::Changed {
+            file: known.label.clone(),
             line,
-            known,
+            known: fingerprint,
         },
         None => Verdict::Unknown {
-            file: path.to_path_buf(),
+            file: known.label.clone(),
         },
     }
 }
 
-/// Appends a hashed entry for `host:port`, the way `ssh-keygen -H` writes them.
-pub fn append_hashed(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
-    use std::io::Write;
-
+/// A hashed entry for `host:port`, the way `ssh-keygen -H` writes them.
+pub fn hashed_line(host: &str, port: u16, key: &PublicKey) -> std::io::Result<String> {
     let salt: [u8; 20] = rand_bytes();
     let mut mac = Hmac::<Sha1>::new_from_slice(&salt).expect("any key length works for HMAC");
     mac.update(host_pattern(host, port).as_bytes());
     let hash = mac.finalize().into_bytes();
 
     let b64 = base64::engine::general_purpose::STANDARD;
-    let line = format!(
-        "|1|{}|{} {}\n",
+    Ok(format!(
+        "|1|{}|{} {}",
         b64.encode(salt),
         b64.encode(hash),
         key.to_openssh().map_err(std::io::Error::other)?
-    );
+    ))
+}
 
-    if let Some(dir) = path.parent() {
+/// Trusts `key` for `host:port` in the file at `path`: drops the lines that list another
+/// key of the same type for that host (a rebuilt node), then appends a hashed entry.
+/// The file is rewritten under a temporary name and renamed.
+pub fn trust(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<usize> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let pattern = host_pattern(host, port);
+    let mut kept = Vec::new();
+    let mut dropped = 0;
+    for line in text.lines() {
+        let stale = parse_line(line).is_some_and(|e| {
+            !e.revoked
+                && e.key.algorithm() == key.algorithm()
+                && e.hosts.split(',').any(|h| host_matches(h, &pattern))
+        });
+        if stale {
+            dropped += 1;
+        } else {
+            kept.push(line.to_string());
+        }
+    }
+    kept.push(hashed_line(host, port, key)?);
+
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(line.as_bytes())
+    let tmp = path.with_extension("slipway-tmp");
+    std::fs::write(&tmp, kept.join("\n") + "\n")?;
+    std::fs::rename(&tmp, path)?;
+    Ok(dropped)
 }
 
 struct Entry<'a> {
@@ -176,14 +224,16 @@ mod tests {
     fn hashed_entry_trusts_its_host_only() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("known_hosts");
-        append_hashed(&file, "10.1.2.3", 2222, &key(KEY_A)).unwrap();
+        trust(&file, "10.1.2.3", 2222, &key(KEY_A)).unwrap();
+        let known = KnownHosts::file(&file);
 
+        assert!(known.text.starts_with("|1|"), "{}", known.text);
         assert_eq!(
-            verify(&file, "10.1.2.3", 2222, &key(KEY_A)),
+            verify(&known, "10.1.2.3", 2222, &key(KEY_A)),
             Verdict::Trusted
         );
         assert!(matches!(
-            verify(&file, "10.1.2.3", 22, &key(KEY_A)),
+            verify(&known, "10.1.2.3", 22, &key(KEY_A)),
             Verdict::Unknown { .. }
         ));
     }
@@ -194,14 +244,30 @@ mod tests {
         let file = dir.path().join("known_hosts");
         std::fs::write(&file, format!("# comment\nnode-a {KEY_A}\n")).unwrap();
 
-        let verdict = verify(&file, "node-a", 22, &key(KEY_B));
+        let verdict = verify(&KnownHosts::file(&file), "node-a", 22, &key(KEY_B));
         assert_eq!(
             verdict,
             Verdict::Changed {
-                file: file.clone(),
+                file: file.display().to_string(),
                 line: 2,
                 known: fingerprint(&key(KEY_A)),
             }
         );
+    }
+
+    #[test]
+    fn trusting_a_new_key_replaces_the_old_one_of_that_host_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("node-a {KEY_A}\nnode-b {KEY_A}\n")).unwrap();
+
+        assert_eq!(trust(&file, "node-a", 22, &key(KEY_B)).unwrap(), 1);
+        let known = KnownHosts::file(&file);
+        assert_eq!(verify(&known, "node-a", 22, &key(KEY_B)), Verdict::Trusted);
+        assert_eq!(verify(&known, "node-b", 22, &key(KEY_A)), Verdict::Trusted);
+        assert!(matches!(
+            verify(&known, "node-a", 22, &key(KEY_A)),
+            Verdict::Changed { .. }
+        ));
     }
 }

@@ -1,6 +1,8 @@
 //! Host keys: an unknown or changed key stops the node before any remote command, and the
 //! message names the host, the fingerprints and how to trust the key.
 
+use std::path::Path;
+
 use crate::support::{on_node, on_node_ok, Project};
 
 /// The SHA256 fingerprint of the node's ed25519 host key, computed by ssh-keygen.
@@ -23,7 +25,7 @@ fn unknown_and_changed_host_keys_stop_before_any_remote_command() {
     run.assert_code(1)
         .assert_stderr_has(&format!("host key of {address} is not known"))
         .assert_stderr_has(&offered)
-        .assert_stderr_has("ssh-keyscan -H");
+        .assert_stderr_has("slipway trust");
     let check = project.slipway().args(["check", &project.env]).run();
     check.assert_code(1);
     assert!(check.stdout.contains(&offered), "{}", check.stdout);
@@ -37,7 +39,7 @@ fn unknown_and_changed_host_keys_stop_before_any_remote_command() {
         .assert_stderr_has("HOST KEY CHANGED")
         .assert_stderr_has(&format!("{}:2", changed.display()))
         .assert_stderr_has(&offered)
-        .assert_stderr_has("ssh-keygen -R");
+        .assert_stderr_has("slipway trust");
 
     let state = on_node(
         &project.nodes[0],
@@ -47,4 +49,45 @@ fn unknown_and_changed_host_keys_stop_before_any_remote_command() {
         !state.status.success(),
         "a command ran on a node whose key was refused"
     );
+
+    trust_by_fingerprint_only(&project, &changed, &offered);
+}
+
+/// `slipway trust` shows the offered key, refuses a fingerprint that is not it, and with
+/// the right one replaces the rebuilt node's old key by a hashed entry.
+fn trust_by_fingerprint_only(project: &Project, known_hosts: &Path, offered: &str) {
+    let before = std::fs::read_to_string(known_hosts).unwrap();
+    let trust = |extra: &[&str]| {
+        project
+            .slipway()
+            .args(["trust", &project.env])
+            .args(extra.iter().copied())
+            .run()
+    };
+
+    let shown = trust(&[]);
+    shown.assert_code(0).assert_stderr_has(offered);
+    let wrong = trust(&["--fingerprint", "SHA256:not-the-key"]);
+    wrong
+        .assert_code(1)
+        .assert_stderr_has(offered)
+        .assert_stderr_has("nothing was trusted");
+    assert_eq!(std::fs::read_to_string(known_hosts).unwrap(), before);
+
+    trust(&["--fingerprint", offered])
+        .assert_code(0)
+        .assert_stderr_has("replacing 1 older key line");
+    let after = std::fs::read_to_string(known_hosts).unwrap();
+    assert!(after.contains("# rebuilt node"), "{after}");
+    assert!(
+        !after.contains("AAAAIOMqqnkVzrm0"),
+        "the old key stayed:\n{after}"
+    );
+    assert!(after.lines().last().unwrap().starts_with("|1|"), "{after}");
+
+    let check = project.slipway().args(["check", &project.env]).run();
+    check.assert_code(0);
+    trust(&[])
+        .assert_code(0)
+        .assert_stderr_has("already trusted");
 }
