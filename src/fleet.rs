@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::config::{Connection, Environment, NodeSpec};
 use crate::error::Error;
-use crate::host::{Host, LocalHost, SshHost, SshTarget};
+use crate::host::{credentials, Host, LocalHost, SshHost, SshTarget};
 use crate::node::Node;
 use crate::paths::Paths;
 
@@ -41,18 +41,7 @@ pub async fn connect(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<
     let host: Box<dyn Host> = match spec.connection {
         Connection::Local => Box::new(LocalHost),
         Connection::Ssh => {
-            let target = SshTarget {
-                address: spec.address.clone().unwrap_or_default(),
-                port: spec.port,
-                user: spec.user.clone().unwrap_or_default(),
-                key: spec.key.as_deref().map(|k| env.path(k)),
-                known_hosts: env.path(
-                    env.settings
-                        .known_hosts
-                        .as_deref()
-                        .unwrap_or("~/.ssh/known_hosts"),
-                ),
-            };
+            let target = ssh_target(env, spec);
             Box::new(
                 SshHost::connect(target)
                     .await
@@ -68,6 +57,24 @@ pub async fn connect(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<
         paths: Paths::new(env),
         host,
     })
+}
+
+/// How a node is reached over SSH: its inventory entry, with the key and known_hosts
+/// that the environment variables may give instead (see `host::credentials`).
+pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> SshTarget {
+    let known_hosts = env.path(
+        env.settings
+            .known_hosts
+            .as_deref()
+            .unwrap_or("~/.ssh/known_hosts"),
+    );
+    SshTarget {
+        address: spec.address.clone().unwrap_or_default(),
+        port: spec.port,
+        user: spec.user.clone().unwrap_or_default(),
+        key: credentials::key(spec.key.as_deref().map(|k| env.path(k))),
+        known_hosts: credentials::known_hosts(known_hosts),
+    }
 }
 
 /// Where nginx answers for a node, as seen from the workstation.

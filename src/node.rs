@@ -9,6 +9,8 @@ use crate::config::{Environment, NodeSpec};
 use crate::host::{Host, Input, Output};
 use crate::paths::Paths;
 
+const DOCKER_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Node {
     pub name: String,
     pub spec: NodeSpec,
@@ -47,6 +49,40 @@ impl Node {
             );
         }
         Ok(out.stdout())
+    }
+
+    /// The engine's version and API version, checking that this user may use Docker.
+    /// Nothing here can wait on a prompt: commands get no terminal, slipway never runs
+    /// sudo, and the check gives up after 10 seconds.
+    pub async fn docker_version(&self) -> anyhow::Result<String> {
+        let command = "docker version --format '{{.Server.Version}} {{.Server.APIVersion}}'";
+        let out = tokio::time::timeout(DOCKER_CHECK, self.run(command, Input::None))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "`docker version` gave no answer on {} within {}s; check the engine there",
+                    self.host.describe(),
+                    DOCKER_CHECK.as_secs()
+                )
+            })??;
+        if out.success() {
+            return Ok(out.stdout().trim().to_string());
+        }
+
+        let said = out.tail(2);
+        let user = self.spec.user.as_deref().unwrap_or("this user");
+        if said.to_lowercase().contains("permission denied") {
+            bail!(
+                "{user} may not use Docker on {}: `docker version` said: {said}. Add the user to \
+                 the docker group on the node (`usermod -aG docker {user}`) or deploy as a user \
+                 who may use Docker; slipway never uses sudo",
+                self.host.describe()
+            );
+        }
+        bail!(
+            "`docker version` failed on {}: {said}; install or start the Docker engine there",
+            self.host.describe()
+        )
     }
 
     /// Writes `bytes` to `path` on the node: temporary name, mode, then rename.

@@ -149,9 +149,8 @@ async fn check_node(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<S
     let node = fleet::connect(env, spec)
         .await
         .map_err(|e| anyhow::anyhow!("{:#}", e.root_cause()))?;
-    let docker = node
-        .sh("docker version --format '{{.Server.Version}}'")
-        .await?;
+    let docker = node.docker_version().await?;
+    let docker = docker.split_whitespace().next().unwrap_or_default();
     let compose = node.sh("docker compose version --short").await?;
     let lock = lock::status(&node).await?;
     let held = match lock.holder {

@@ -154,7 +154,7 @@ pub(crate) async fn connect_all(
     let mut tasks = tokio::task::JoinSet::new();
     for (i, spec) in specs.iter().enumerate() {
         let (env, spec) = (env.clone(), spec.clone());
-        tasks.spawn(async move { (i, fleet::connect(&env, &spec).await) });
+        tasks.spawn(async move { (i, connect_usable(&env, &spec).await) });
     }
 
     let mut nodes: Vec<(usize, Node)> = Vec::new();
@@ -178,6 +178,13 @@ pub(crate) async fn connect_all(
     }
     nodes.sort_by_key(|(i, _)| *i);
     Ok(nodes.into_iter().map(|(_, n)| n).collect())
+}
+
+/// Connects and checks that Docker answers for this user, before any lock or build.
+async fn connect_usable(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<Node> {
+    let node = fleet::connect(env, spec).await?;
+    node.docker_version().await?;
+    Ok(node)
 }
 
 /// Takes the lock on every node, or on none: a refusal releases those already taken.

@@ -4,6 +4,7 @@
 //! stdin, so secrets and images never touch a command line), or hold a command open for
 //! as long as the deploy runs (the lock).
 
+pub mod credentials;
 pub mod known_hosts;
 mod local;
 mod ssh;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncRead;
 
 pub use local::LocalHost;
-pub use ssh::{SshHost, SshTarget};
+pub use ssh::{offered_key, SshHost, SshTarget};
 
 /// What a finished command left behind.
 #[derive(Debug, Default, Clone)]

@@ -3,7 +3,7 @@
 //! The host key is checked against known_hosts before authentication; an unknown or changed
 //! key ends the connection before any command runs. Agent forwarding is never requested.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,11 +11,15 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use russh::client::{self, Handle};
-use russh::keys::{load_secret_key, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::{
+    decode_secret_key, load_secret_key, PrivateKey, PrivateKeyWithHashAlg, PublicKey,
+    PublicKeyOrCertificate,
+};
 use russh::ChannelMsg;
 use tokio::io::AsyncReadExt;
 
-use super::known_hosts::{self, Verdict};
+use super::credentials::KeySource;
+use super::known_hosts::{self, KnownHosts, Verdict};
 use super::{Held, Host, Input, Output};
 
 /// How to reach one node.
@@ -24,9 +28,8 @@ pub struct SshTarget {
     pub address: String,
     pub port: u16,
     pub user: String,
-    /// Private key file; `None` asks the ssh-agent.
-    pub key: Option<PathBuf>,
-    pub known_hosts: PathBuf,
+    pub key: KeySource,
+    pub known_hosts: KnownHosts,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,32 +43,10 @@ pub struct SshHost {
 impl SshHost {
     /// Connects, verifies the host key and authenticates.
     pub async fn connect(target: SshTarget) -> anyhow::Result<Self> {
-        let verdict = Arc::new(Mutex::new(None));
-        let verifier = Verifier {
-            target: target.clone(),
-            verdict: verdict.clone(),
-        };
-
-        let config = Arc::new(client::Config {
-            keepalive_interval: Some(Duration::from_secs(15)),
-            keepalive_max: 4,
-            inactivity_timeout: None,
-            nodelay: true,
-            ..Default::default()
-        });
-        let addr = (target.address.as_str(), target.port);
-        let connected =
-            tokio::time::timeout(CONNECT_TIMEOUT, client::connect(config, addr, verifier)).await;
-
+        let (connected, verdict) = handshake(&target).await?;
         let mut handle = match connected {
-            Err(_) => bail!(
-                "no SSH answer from {}:{} within {}s",
-                target.address,
-                target.port,
-                CONNECT_TIMEOUT.as_secs()
-            ),
-            Ok(Err(e)) => return Err(refusal(&target, &verdict).unwrap_or_else(|| anyhow!(e))),
-            Ok(Ok(handle)) => handle,
+            Err(e) => return Err(refusal(&target, &verdict).unwrap_or_else(|| anyhow!(e))),
+            Ok(handle) => handle,
         };
 
         authenticate(&mut handle, &target).await?;
@@ -87,31 +68,74 @@ impl SshHost {
     }
 }
 
+type Seen = Arc<Mutex<Option<(Verdict, PublicKey)>>>;
+
+/// Opens the connection up to host key verification (within the connect timeout); the
+/// key the host offered, and what known_hosts says of it, land in the returned slot.
+async fn handshake(
+    target: &SshTarget,
+) -> anyhow::Result<(Result<Handle<Verifier>, russh::Error>, Seen)> {
+    let seen: Seen = Arc::new(Mutex::new(None));
+    let verifier = Verifier {
+        target: target.clone(),
+        seen: seen.clone(),
+    };
+    let config = Arc::new(client::Config {
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let addr = (target.address.as_str(), target.port);
+    match tokio::time::timeout(CONNECT_TIMEOUT, client::connect(config, addr, verifier)).await {
+        Ok(connected) => Ok((connected, seen)),
+        Err(_) => bail!(
+            "no SSH answer from {}:{} within {}s",
+            target.address,
+            target.port,
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// The host key `target` offers and what known_hosts says of it, without authenticating.
+pub async fn offered_key(target: &SshTarget) -> anyhow::Result<(PublicKey, Verdict)> {
+    let (connected, seen) = handshake(target).await?;
+    let recorded = seen.lock().ok().and_then(|slot| slot.clone());
+    match (recorded, connected) {
+        (Some((verdict, key)), _) => Ok((key, verdict)),
+        (None, Err(e)) => Err(anyhow!(
+            "{}:{}: the SSH handshake failed before a host key was offered: {e}",
+            target.address,
+            target.port
+        )),
+        (None, Ok(_)) => bail!("{}:{} offered no host key", target.address, target.port),
+    }
+}
+
 /// Turns a host key refusal recorded during the handshake into a message that says how to
 /// fix it.
 fn refusal(
     target: &SshTarget,
-    verdict: &Mutex<Option<(Verdict, String)>>,
+    seen: &Mutex<Option<(Verdict, PublicKey)>>,
 ) -> Option<anyhow::Error> {
-    let (verdict, offered) = verdict.lock().ok()?.clone()?;
+    let (verdict, key) = seen.lock().ok()?.clone()?;
+    let offered = known_hosts::fingerprint(&key);
     let host = known_hosts::host_pattern(&target.address, target.port);
     match verdict {
         Verdict::Trusted => None,
         Verdict::Unknown { file } => Some(anyhow!(
             "host key of {host} is not known (offered {offered}); nothing was run there. \
-             Check the fingerprint out of band, then add it to {}, e.g. \
-             `ssh-keyscan -H -p {} {} >> {}` and compare the fingerprint",
-            file.display(),
-            target.port,
-            target.address,
-            file.display()
+             Check the fingerprint out of band, then trust it: \
+             `slipway trust <env> --limit <node> --fingerprint {offered}` adds it to {file}",
         )),
         Verdict::Changed { file, line, known } => Some(anyhow!(
-            "HOST KEY CHANGED for {host}: {}:{line} has {known}, the host now offers {offered}; \
-             nothing was run there. If the node was rebuilt, remove that line \
-             (`ssh-keygen -R '{host}' -f {}`) and trust the new key; otherwise treat this as an attack",
-            file.display(),
-            file.display()
+            "HOST KEY CHANGED for {host}: {file}:{line} has {known}, the host now offers {offered}; \
+             nothing was run there. If the node was rebuilt, \
+             once you have checked the new fingerprint out of band: \
+             `slipway trust <env> --limit <node> --fingerprint {offered}` replaces it in {file}; \
+             otherwise treat this as an attack",
         )),
     }
 }
@@ -119,8 +143,19 @@ fn refusal(
 async fn authenticate(handle: &mut Handle<Verifier>, target: &SshTarget) -> anyhow::Result<()> {
     let who = format!("{}@{}:{}", target.user, target.address, target.port);
     let ok = match &target.key {
-        Some(path) => authenticate_with_file(handle, target, path).await?,
-        None => authenticate_with_agent(handle, target).await?,
+        KeySource::File(path) => {
+            check_key_permissions(path)?;
+            let key = load_secret_key(path, None)
+                .with_context(|| format!("cannot load the private key {}", path.display()))?;
+            authenticate_with_key(handle, target, key).await?
+        }
+        KeySource::Variable { name, text } => {
+            let key = decode_secret_key(text, None).map_err(|_| {
+                anyhow!("${name} does not hold an unencrypted OpenSSH or PEM private key")
+            })?;
+            authenticate_with_key(handle, target, key).await?
+        }
+        KeySource::Agent => authenticate_with_agent(handle, target).await?,
     };
     if !ok {
         bail!(
@@ -131,14 +166,11 @@ async fn authenticate(handle: &mut Handle<Verifier>, target: &SshTarget) -> anyh
     Ok(())
 }
 
-async fn authenticate_with_file(
+async fn authenticate_with_key(
     handle: &mut Handle<Verifier>,
     target: &SshTarget,
-    path: &PathBuf,
+    key: PrivateKey,
 ) -> anyhow::Result<bool> {
-    check_key_permissions(path)?;
-    let key = load_secret_key(path, None)
-        .with_context(|| format!("cannot load the private key {}", path.display()))?;
     let hash = handle.best_supported_rsa_hash().await?.flatten();
     let auth = handle
         .authenticate_publickey(
@@ -155,7 +187,10 @@ async fn authenticate_with_agent(
 ) -> anyhow::Result<bool> {
     let mut agent = russh::keys::agent::client::AgentClient::connect_env()
         .await
-        .context("no `key:` is set for this node and no ssh-agent is reachable (SSH_AUTH_SOCK)")?;
+        .context(
+            "no `key:` is set for this node, SLIPWAY_SSH_KEY is not set, and no ssh-agent is \
+             reachable (SSH_AUTH_SOCK)",
+        )?;
     let hash = handle.best_supported_rsa_hash().await?.flatten();
     for identity in agent.request_identities().await? {
         let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity else {
@@ -173,7 +208,7 @@ async fn authenticate_with_agent(
 }
 
 /// A private key readable by group or others is refused, as OpenSSH does.
-fn check_key_permissions(path: &PathBuf) -> anyhow::Result<()> {
+fn check_key_permissions(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
 
     let mode = std::fs::metadata(path)
@@ -316,7 +351,7 @@ impl Held for SshHeld {
 /// The russh handler: verifies the host key and records why it refused one.
 struct Verifier {
     target: SshTarget,
-    verdict: Arc<Mutex<Option<(Verdict, String)>>>,
+    seen: Seen,
 }
 
 impl client::Handler for Verifier {
@@ -333,8 +368,8 @@ impl client::Handler for Verifier {
         let t = &self.target;
         let verdict = known_hosts::verify(&t.known_hosts, &t.address, t.port, key);
         let trusted = verdict == Verdict::Trusted;
-        if let Ok(mut slot) = self.verdict.lock() {
-            *slot = Some((verdict, known_hosts::fingerprint(key)));
+        if let Ok(mut slot) = self.seen.lock() {
+            *slot = Some((verdict, key.clone()));
         }
         Ok(trusted)
     }

@@ -16,4 +16,5 @@ mod migrations;
 mod rollback;
 mod secrets;
 mod snapshots;
+mod ssh_access;
 mod zero_downtime;

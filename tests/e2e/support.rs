@@ -356,6 +356,21 @@ impl Slipway {
         self
     }
 
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(name, value);
+        self
+    }
+
+    /// Runs with only PATH and these variables, as a bare CI job would.
+    pub fn clean_env(mut self, home: &Path) -> Self {
+        self.cmd
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home)
+            .env("CI", "1");
+        self
+    }
+
     pub fn spawn(mut self) -> std::process::Child {
         self.cmd
             .stdout(Stdio::piped())

@@ -1,0 +1,159 @@
+//! Reaching nodes without a laptop's setup: the CI path with a deploy key and known_hosts
+//! from environment variables and no `~/.ssh` or agent (FC-11), and a deploy user who may
+//! not use Docker, which must fail fast instead of waiting on a prompt (FC-13).
+
+use std::time::Instant;
+
+use crate::support::{on_node_ok, repo, sh_ok, Project};
+
+fn harness_key() -> String {
+    std::fs::read_to_string(repo().join("tests/harness/.state/id_ed25519")).unwrap()
+}
+
+/// The project's inventory without `key:` and `known_hosts:`, as a CI job would commit it.
+fn inventory_without_credentials(project: &Project) {
+    let rel = format!("inventory/{}.yml", project.env);
+    let text = std::fs::read_to_string(project.root().join(&rel)).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("key:") && !l.starts_with("known_hosts:"))
+        .collect();
+    project.write(&rel, &(kept.join("\n") + "\n"));
+}
+
+/// Every base64 line of the private key: none may ever be printed.
+fn key_lines(key: &str) -> Vec<String> {
+    key.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn fc11_a_ci_job_deploys_with_a_key_and_known_hosts_from_variables() {
+    let project = Project::new("e2e-ci", 18115, 1);
+    inventory_without_credentials(&project);
+    project.commit("v1");
+    let home = tempfile::tempdir().unwrap();
+    let key = harness_key();
+    let address = &project.nodes[0].address;
+    let scanned = sh_ok(&format!(
+        "ssh-keyscan -H -t ed25519,ecdsa,rsa {address} 2>/dev/null"
+    ));
+    assert!(
+        scanned.lines().filter(|l| l.starts_with("|1|")).count() >= 2,
+        "ssh-keyscan gave fewer than two hashed key types:\n{scanned}"
+    );
+
+    let deploy = project
+        .slipway()
+        .clean_env(home.path())
+        .env("SLIPWAY_SSH_KEY", &key)
+        .env("SLIPWAY_KNOWN_HOSTS", &scanned)
+        .args(["-vv", "deploy", &project.env])
+        .run();
+    deploy.assert_code(0);
+    assert!(project.live_version(0).is_some());
+    for line in key_lines(&key) {
+        assert!(
+            !deploy.stdout.contains(&line) && !deploy.stderr.contains(&line),
+            "key material was printed"
+        );
+    }
+
+    let unpinned = project
+        .slipway()
+        .clean_env(home.path())
+        .env("SLIPWAY_SSH_KEY", &key)
+        .args(["deploy", &project.env])
+        .run();
+    let fingerprint = sh_ok(&format!(
+        "echo '{}' | ssh-keygen -l -f - -E sha256",
+        on_node_ok(&project.nodes[0], "cat /etc/ssh/ssh_host_ed25519_key.pub")
+    ));
+    unpinned
+        .assert_code(1)
+        .assert_stderr_has(&format!("host key of {address} is not known"))
+        .assert_stderr_has(fingerprint.split_whitespace().nth(1).unwrap())
+        .assert_stderr_has("slipway trust");
+
+    let loose = home.path().join("deploy_key");
+    std::fs::write(&loose, &key).unwrap();
+    sh_ok(&format!("chmod 644 {}", loose.display()));
+    project
+        .slipway()
+        .clean_env(home.path())
+        .env("SLIPWAY_SSH_KEY_FILE", &loose)
+        .env("SLIPWAY_KNOWN_HOSTS", &scanned)
+        .args(["deploy", &project.env])
+        .run()
+        .assert_code(1)
+        .assert_stderr_has("readable by others");
+
+    check_in_a_clean_container(&project, &key, &scanned);
+}
+
+/// `slipway check` from a bare container on the nodes' network: no ~/.ssh, no agent.
+fn check_in_a_clean_container(project: &Project, key: &str, known_hosts: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), key).unwrap();
+    std::fs::write(dir.path().join("known_hosts"), known_hosts).unwrap();
+    let out = sh_ok(&format!(
+        "docker run --rm --network slipway-harness \
+           -v {bin}:/usr/local/bin/slipway:ro -v {root}:/project:ro -v {dir}:/creds:ro \
+           debian:trixie-slim sh -c 'test ! -e /root/.ssh && test -z \"$SSH_AUTH_SOCK\" && \
+             SLIPWAY_SSH_KEY=\"$(cat /creds/key)\" SLIPWAY_KNOWN_HOSTS_FILE=/creds/known_hosts \
+             slipway --root /project check {env} 2>&1'",
+        bin = env!("CARGO_BIN_EXE_slipway"),
+        root = project.root().display(),
+        dir = dir.path().display(),
+        env = project.env
+    ));
+    assert!(out.contains("host key verified"), "{out}");
+}
+
+#[test]
+fn fc13_a_user_who_may_not_use_docker_fails_fast_naming_the_fix() {
+    let mut project = Project::new("e2e-nodocker", 18116, 1);
+    let node = project.nodes[0].clone();
+    on_node_ok(
+        &node,
+        "id deployer >/dev/null 2>&1 || useradd -m -s /bin/sh deployer; \
+         install -d -o deployer -m 700 /home/deployer/.ssh && \
+         install -o deployer -m 600 /root/.ssh/authorized_keys /home/deployer/.ssh/authorized_keys",
+    );
+    project.set_extra("state_dir: /home/deployer/slipway");
+    let rel = format!("inventory/{}.yml", project.env);
+    let text = std::fs::read_to_string(project.root().join(&rel)).unwrap();
+    project.write(&rel, &text.replace("user: root", "user: deployer"));
+    project.commit("v1");
+
+    let started = Instant::now();
+    let deploy = project.deploy();
+    let took = started.elapsed();
+    deploy
+        .assert_code(1)
+        .assert_stderr_has(&format!("deployer@{}", node.address))
+        .assert_stderr_has("docker version")
+        .assert_stderr_has("usermod -aG docker deployer")
+        .assert_stderr_has("nothing was changed");
+    assert!(
+        took.as_secs() < 10,
+        "the refusal took {took:?}; it must not wait on anything"
+    );
+    assert!(
+        !deploy.stderr.contains("building release"),
+        "a deploy that cannot run built first:\n{}",
+        deploy.stderr
+    );
+
+    let check = project.slipway().args(["check", &project.env]).run();
+    check.assert_code(1);
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert!(said.contains("usermod -aG docker deployer"), "{said}");
+    let lock = on_node_ok(
+        &node,
+        "ls /home/deployer/slipway/events-e2e-nodocker/lock.holder 2>/dev/null || true",
+    );
+    assert!(lock.is_empty(), "a lock holder was left behind: {lock}");
+}
