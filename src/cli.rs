@@ -32,6 +32,12 @@ pub enum Command {
         /// Git commit, branch or tag to deploy.
         #[arg(long = "ref", default_value = "HEAD")]
         git_ref: String,
+        /// Deploy even though the working tree has uncommitted changes (they are left out).
+        #[arg(long)]
+        allow_dirty: bool,
+        /// Refuse unless --ref resolves to this commit (CI: the commit its tests passed on).
+        #[arg(long, value_name = "SHA")]
+        expect_commit: Option<String>,
     },
     /// Put the previous release (or an older one) back live.
     Rollback {

@@ -24,10 +24,17 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let root = cli.root;
     match cli.command {
-        Command::Deploy { target, git_ref } => {
+        Command::Deploy {
+            target,
+            git_ref,
+            allow_dirty,
+            expect_commit,
+        } => {
             let opts = deploy::Options {
                 git_ref,
                 limit: target.limit,
+                allow_dirty,
+                expect_commit,
             };
             deploy::run(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
             Ok(exit::OK)

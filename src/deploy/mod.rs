@@ -30,6 +30,10 @@ pub use rollback::{run as rollback, RollbackOptions};
 pub struct Options {
     pub git_ref: String,
     pub limit: Vec<String>,
+    /// Deploy even though the working tree has uncommitted changes.
+    pub allow_dirty: bool,
+    /// The commit `git_ref` must resolve to (the one CI tested).
+    pub expect_commit: Option<String>,
 }
 
 /// What every node's deploy shares.
@@ -80,13 +84,7 @@ pub async fn run(
     let migrations = migrate::load(root, &commit)
         .await
         .map_err(|e| Error::config("migrations/", format!("{e:#}"), "fix the migration files"))?;
-    if image::dirty(root).await {
-        let note = format!(
-            "warning: the working tree has uncommitted changes; release {name} is built from commit {} alone",
-            &commit[..7]
-        );
-        reporter.info("local", &note);
-    }
+    check_source(root, opts, &commit).await?;
     let deploy_id = format!(
         "d-{}-{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S"),
@@ -139,6 +137,36 @@ pub async fn run(
         outcomes.push(done.context("a node's deploy task panicked")?);
     }
     conclude(outcomes, &reporter, &shared.release)
+}
+
+/// Refuses, before any node is touched, a deploy whose source is not what the operator
+/// or CI meant: a commit other than the tested one, or a working tree with uncommitted
+/// changes (a build uses the commit alone, so they would silently be left out).
+async fn check_source(root: &Path, opts: &Options, commit: &str) -> Result<(), Error> {
+    if let Some(expected) = &opts.expect_commit {
+        let matches = expected.len() >= 7 && commit.starts_with(expected.as_str());
+        if !matches {
+            return Err(Error::config(
+                "--expect-commit",
+                format!(
+                    "`{}` is commit {commit}, not {expected}, the commit that was tested",
+                    opts.git_ref
+                ),
+                "deploy the tested commit (`--ref <sha>`), or test this one first",
+            ));
+        }
+    }
+    if !opts.allow_dirty && image::dirty(root).await {
+        return Err(Error::config(
+            "the working tree",
+            format!(
+                "it has uncommitted changes, and a release is built from commit {} alone",
+                &commit[..7]
+            ),
+            "commit or stash them, or pass --allow-dirty to deploy the commit without them",
+        ));
+    }
+    Ok(())
 }
 
 async fn build(env: &Environment, name: &str, commit: &str) -> anyhow::Result<(Images, Release)> {

@@ -110,4 +110,25 @@ fn each_kind_of_invalid_input_is_refused_before_any_node_is_touched() {
             "switch",
         ],
     );
+    project.git(&["checkout", "--", "playbooks/deploy.yml"]);
+
+    project.write("migrations/README", "uncommitted\n");
+    project.git(&["add", "migrations/README"]);
+    refused(&project, &["uncommitted changes", "--allow-dirty"]);
+    project.commit("the change, committed");
+
+    let head = project.git(&["rev-parse", "HEAD"]);
+    let untested = project
+        .slipway()
+        .args([
+            "deploy",
+            &project.env,
+            "--expect-commit",
+            "0123456789abcdef",
+        ])
+        .run();
+    untested
+        .assert_code(2)
+        .assert_stderr_has(head.trim())
+        .assert_stderr_has("the commit that was tested");
 }

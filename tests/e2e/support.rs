@@ -147,6 +147,10 @@ impl Project {
         };
         project.write_inventory();
         project.write_secrets("DB_PASSWORD=e2e-db-password-1\nAPI_KEY=e2e-api-key-1\n");
+        project.write(
+            ".gitignore",
+            "/inventory/*.yml\n!/inventory/all.yml\n/inventory/*.env\n",
+        );
         project.git(&["init", "-q", "-b", "main"]);
         project.commit("initial");
         project.clean_nodes();
