@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::config::{Connection, Environment, NodeSpec};
 use crate::error::Error;
-use crate::host::{credentials, Host, LocalHost, SshHost, SshTarget};
+use crate::host::{credentials, ssh_config, Host, LocalHost, SshHost, SshTarget};
 use crate::node::Node;
 use crate::paths::Paths;
 
@@ -41,7 +41,7 @@ pub async fn connect(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<
     let host: Box<dyn Host> = match spec.connection {
         Connection::Local => Box::new(LocalHost),
         Connection::Ssh => {
-            let target = ssh_target(env, spec);
+            let target = ssh_target(env, spec)?;
             Box::new(
                 SshHost::connect(target)
                     .await
@@ -59,22 +59,58 @@ pub async fn connect(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<
     })
 }
 
-/// How a node is reached over SSH: its inventory entry, with the key and known_hosts
-/// that the environment variables may give instead (see `host::credentials`).
-pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> SshTarget {
-    let known_hosts = env.path(
+/// How a node is reached over SSH: its inventory entry, then the SSH client
+/// configuration for its address (HostName, User, Port, IdentityFile, ProxyJump) where the
+/// inventory leaves a value out, with the key and known_hosts that the environment
+/// variables may give instead (see `host::credentials`).
+pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> anyhow::Result<SshTarget> {
+    let config = ssh_config::load()?;
+    let address = spec.address.clone().unwrap_or_default();
+    let entry = ssh_config::lookup(config.as_ref(), &address);
+    let key = spec
+        .key
+        .as_deref()
+        .map(|k| env.path(k))
+        .or(entry.identity_file);
+    let known_hosts = known_hosts_file(env);
+
+    let mut jump = None;
+    for hop in &entry.proxy_jump {
+        let (user, host, port) = ssh_config::split_jump(hop);
+        let hop_entry = ssh_config::lookup(config.as_ref(), &host);
+        jump = Some(Box::new(SshTarget {
+            address: hop_entry.host_name.unwrap_or(host),
+            port: port.or(hop_entry.port).unwrap_or(22),
+            user: user
+                .or(hop_entry.user)
+                .unwrap_or_else(|| spec_user(spec, None)),
+            key: credentials::key(hop_entry.identity_file.or(key.clone())),
+            known_hosts: credentials::known_hosts(known_hosts.clone()),
+            jump,
+        }));
+    }
+
+    Ok(SshTarget {
+        address: entry.host_name.unwrap_or(address),
+        port: spec.port.or(entry.port).unwrap_or(22),
+        user: spec_user(spec, entry.user),
+        key: credentials::key(key),
+        known_hosts: credentials::known_hosts(known_hosts),
+        jump,
+    })
+}
+
+fn spec_user(spec: &NodeSpec, configured: Option<String>) -> String {
+    spec.user.clone().or(configured).unwrap_or_default()
+}
+
+fn known_hosts_file(env: &Environment) -> std::path::PathBuf {
+    env.path(
         env.settings
             .known_hosts
             .as_deref()
             .unwrap_or("~/.ssh/known_hosts"),
-    );
-    SshTarget {
-        address: spec.address.clone().unwrap_or_default(),
-        port: spec.port,
-        user: spec.user.clone().unwrap_or_default(),
-        key: credentials::key(spec.key.as_deref().map(|k| env.path(k))),
-        known_hosts: credentials::known_hosts(known_hosts),
-    }
+    )
 }
 
 /// Where nginx answers for a node, as seen from the workstation.

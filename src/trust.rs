@@ -44,7 +44,7 @@ async fn trust_node(
     spec: &NodeSpec,
     fingerprint: Option<&str>,
 ) -> anyhow::Result<String> {
-    let target = fleet::ssh_target(env, spec);
+    let target = fleet::ssh_target(env, spec)?;
     let host = known_hosts::host_pattern(&target.address, target.port);
     let (key, verdict) = offered_key(&target).await?;
     let offered = known_hosts::fingerprint(&key);

@@ -12,6 +12,7 @@ use serde_yaml::Value;
 
 use super::SHARED_FILE;
 use crate::error::Error;
+use crate::host::ssh_config;
 
 /// Everything an environment's deploy needs to know, defaults filled in.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -126,8 +127,9 @@ pub struct NodeSpec {
     pub name: String,
     #[serde(default)]
     pub address: Option<String>,
-    #[serde(default = "default_ssh_port")]
-    pub port: u16,
+    /// SSH port; without one, the SSH client configuration's, else 22.
+    #[serde(default)]
+    pub port: Option<u16>,
     #[serde(default)]
     pub user: Option<String>,
     /// Private key file; without one the ssh-agent is asked.
@@ -198,10 +200,6 @@ impl Default for Health {
             start_interval_ms: 500,
         }
     }
-}
-
-fn default_ssh_port() -> u16 {
-    22
 }
 
 /// Reads, checks and merges the shared file and the environment's file.
@@ -409,14 +407,14 @@ fn validate_node(node: &NodeSpec, file: &str) -> Result<(), Error> {
             "write an IPv4/IPv6 address or a DNS host name",
         ));
     }
-    if node.port == 0 {
+    if node.port == Some(0) {
         return Err(Error::config(
             file,
             format!("{at}: key `port` must be between 1 and 65535"),
             "use the node's SSH port, usually 22",
         ));
     }
-    if node.user.as_deref().unwrap_or("").is_empty() {
+    if node.user.as_deref().unwrap_or("").is_empty() && !ssh_config_names_user(address)? {
         return Err(Error::config(
             file,
             format!("{at}: key `user` is missing"),
@@ -424,6 +422,13 @@ fn validate_node(node: &NodeSpec, file: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// Whether the SSH client configuration gives a `User` for `host`.
+fn ssh_config_names_user(host: &str) -> Result<bool, Error> {
+    let config = ssh_config::load()
+        .map_err(|e| Error::config("the SSH client configuration", format!("{e:#}"), "fix it"))?;
+    Ok(ssh_config::lookup(config.as_ref(), host).user.is_some())
 }
 
 fn is_slug(value: &str) -> bool {

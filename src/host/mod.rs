@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod known_hosts;
 mod local;
 mod ssh;
+pub mod ssh_config;
 
 use std::pin::Pin;
 

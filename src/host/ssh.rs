@@ -30,6 +30,8 @@ pub struct SshTarget {
     pub user: String,
     pub key: KeySource,
     pub known_hosts: KnownHosts,
+    /// The jump host this node is reached through (ProxyJump), itself perhaps behind one.
+    pub jump: Option<Box<SshTarget>>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -38,12 +40,22 @@ pub struct SshHost {
     target: SshTarget,
     handle: Handle<Verifier>,
     sent: Arc<AtomicU64>,
+    /// The jump host's connection, which carries this one.
+    _via: Option<Box<SshHost>>,
 }
 
 impl SshHost {
     /// Connects, verifies the host key and authenticates.
     pub async fn connect(target: SshTarget) -> anyhow::Result<Self> {
-        let (connected, verdict) = handshake(&target).await?;
+        let via = match &target.jump {
+            Some(jump) => Some(Box::new(
+                Box::pin(SshHost::connect((**jump).clone()))
+                    .await
+                    .with_context(|| format!("jump host {}", jump.address))?,
+            )),
+            None => None,
+        };
+        let (connected, verdict) = handshake(&target, via.as_deref()).await?;
         let mut handle = match connected {
             Err(e) => return Err(refusal(&target, &verdict).unwrap_or_else(|| anyhow!(e))),
             Ok(handle) => handle,
@@ -54,6 +66,7 @@ impl SshHost {
             target,
             handle,
             sent: Arc::new(AtomicU64::new(0)),
+            _via: via,
         })
     }
 
@@ -74,6 +87,7 @@ type Seen = Arc<Mutex<Option<(Verdict, PublicKey)>>>;
 /// key the host offered, and what known_hosts says of it, land in the returned slot.
 async fn handshake(
     target: &SshTarget,
+    via: Option<&SshHost>,
 ) -> anyhow::Result<(Result<Handle<Verifier>, russh::Error>, Seen)> {
     let seen: Seen = Arc::new(Mutex::new(None));
     let verifier = Verifier {
@@ -87,8 +101,19 @@ async fn handshake(
         nodelay: true,
         ..Default::default()
     });
-    let addr = (target.address.as_str(), target.port);
-    match tokio::time::timeout(CONNECT_TIMEOUT, client::connect(config, addr, verifier)).await {
+    let connecting = async {
+        match via {
+            Some(jump) => {
+                let tunnel = jump
+                    .handle
+                    .channel_open_direct_tcpip(&target.address, target.port.into(), "127.0.0.1", 0)
+                    .await?;
+                client::connect_stream(config, tunnel.into_stream(), verifier).await
+            }
+            None => client::connect(config, (target.address.as_str(), target.port), verifier).await,
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(connected) => Ok((connected, seen)),
         Err(_) => bail!(
             "no SSH answer from {}:{} within {}s",
@@ -101,7 +126,11 @@ async fn handshake(
 
 /// The host key `target` offers and what known_hosts says of it, without authenticating.
 pub async fn offered_key(target: &SshTarget) -> anyhow::Result<(PublicKey, Verdict)> {
-    let (connected, seen) = handshake(target).await?;
+    let via = match &target.jump {
+        Some(jump) => Some(SshHost::connect((**jump).clone()).await?),
+        None => None,
+    };
+    let (connected, seen) = handshake(target, via.as_ref()).await?;
     let recorded = seen.lock().ok().and_then(|slot| slot.clone());
     match (recorded, connected) {
         (Some((verdict, key)), _) => Ok((key, verdict)),

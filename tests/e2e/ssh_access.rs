@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::support::{on_node_ok, repo, sh_ok, Project};
+use crate::support::{harness, on_node_ok, repo, sh_ok, Project};
 
 fn harness_key() -> String {
     std::fs::read_to_string(repo().join("tests/harness/.state/id_ed25519")).unwrap()
@@ -156,4 +156,54 @@ fn fc13_a_user_who_may_not_use_docker_fails_fast_naming_the_fix() {
         "ls /home/deployer/slipway/events-e2e-nodocker/lock.holder 2>/dev/null || true",
     );
     assert!(lock.is_empty(), "a lock holder was left behind: {lock}");
+}
+
+#[test]
+fn an_ssh_config_alias_reaches_its_node_through_a_jump_host() {
+    let project = Project::new("e2e-jump", 18117, 1);
+    let target = project.nodes[0].clone();
+    let bastion = harness()[1].clone();
+    let key = repo().join("tests/harness/.state/id_ed25519");
+    let config = project.root().join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host e2e-web\n  HostName {}\n  User root\n  IdentityFile {key}\n  ProxyJump e2e-bastion\n\
+             Host e2e-bastion\n  HostName {}\n  User root\n  IdentityFile {key}\n",
+            target.address,
+            bastion.address,
+            key = key.display()
+        ),
+    )
+    .unwrap();
+    let rel = format!("inventory/{}.yml", project.env);
+    let text = std::fs::read_to_string(project.root().join(&rel)).unwrap();
+    let text: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("key:") && !l.trim_start().starts_with("user:"))
+        .map(|l| l.replace(&target.address, "e2e-web"))
+        .collect();
+    project.write(&rel, &(text.join("\n") + "\n"));
+    project.commit("v1");
+    let since = sh_ok("date -u +%Y-%m-%dT%H:%M:%SZ");
+
+    project
+        .slipway()
+        .env("SLIPWAY_SSH_CONFIG", &config)
+        .args(["deploy", &project.env])
+        .run()
+        .assert_code(0);
+    assert!(project.live_version(0).is_some());
+
+    let log = sh_ok(&format!(
+        "docker logs --since {} {} 2>&1",
+        since.trim(),
+        target.container
+    ));
+    let through_bastion = format!("Accepted publickey for root from {} ", bastion.address);
+    assert!(
+        log.contains(&through_bastion),
+        "the node saw no login from the jump host {}:\n{log}",
+        bastion.address
+    );
 }
