@@ -32,6 +32,9 @@ pub enum Command {
         /// Git commit, branch or tag to deploy.
         #[arg(long = "ref", default_value = "HEAD")]
         git_ref: String,
+        /// Stream one JSON event per line on stdout (human output stays on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Put the previous release (or an older one) back live.
     Rollback {
@@ -43,6 +46,9 @@ pub enum Command {
         /// Go on without asking when the database is newer than the release expects.
         #[arg(long)]
         yes: bool,
+        /// Stream one JSON event per line on stdout (human output stays on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Show what runs on each node.
     Status {

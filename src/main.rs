@@ -24,21 +24,34 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let root = cli.root;
     match cli.command {
-        Command::Deploy { target, git_ref } => {
+        Command::Deploy {
+            target,
+            git_ref,
+            json,
+        } => {
             let opts = deploy::Options {
                 git_ref,
                 limit: target.limit,
             };
-            deploy::run(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            let reporter = Arc::new(Reporter::new().with_json(json));
+            let result = deploy::run(&root, &target.env, &opts, reporter.clone()).await;
+            reporter.end_run(result)?;
             Ok(exit::OK)
         }
-        Command::Rollback { target, to, yes } => {
+        Command::Rollback {
+            target,
+            to,
+            yes,
+            json,
+        } => {
             let opts = deploy::RollbackOptions {
                 limit: target.limit,
                 to,
                 yes,
             };
-            deploy::rollback(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            let reporter = Arc::new(Reporter::new().with_json(json));
+            let result = deploy::rollback(&root, &target.env, &opts, reporter.clone()).await;
+            reporter.end_run(result)?;
             Ok(exit::OK)
         }
         Command::Status { target, json } => {
