@@ -158,7 +158,17 @@ fn attempt(result: Result<ureq::Response, ureq::Error>) -> Result<(), Refused> {
     match result {
         Ok(_) => Ok(()),
         Err(ureq::Error::Status(code, _)) => Err(Refused::Status(code)),
-        Err(ureq::Error::Transport(e)) => Err(Refused::Transport(e.to_string())),
+        // Kind and message only: the URL, which may carry a token, stays out of warnings.
+        Err(ureq::Error::Transport(e)) => {
+            let mut text = e.kind().to_string();
+            if let Some(message) = e.message() {
+                text.push_str(&format!(": {message}"));
+            }
+            if let Some(source) = std::error::Error::source(&e) {
+                text.push_str(&format!(" ({source})"));
+            }
+            Err(Refused::Transport(text))
+        }
     }
 }
 
@@ -217,6 +227,24 @@ mod tests {
     fn backoff_doubles_up_to_a_cap() {
         let waits: Vec<u128> = (0..6).map(|n| backoff(n).as_millis()).collect();
         assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 8000]);
+    }
+
+    #[test]
+    fn a_silent_receiver_times_out_and_the_error_leaves_the_url_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:18168").unwrap();
+        let url = "http://127.0.0.1:18168/hook/secret-token";
+        let delivery = Delivery {
+            timeout_seconds: 1,
+            retries: 1,
+        };
+
+        let err =
+            with_retries(delivery, |agent| attempt(agent.post(url).send_string("{}"))).unwrap_err();
+        drop(listener);
+
+        assert!(err.contains("after 2 attempt(s)"), "{err}");
+        assert!(err.contains("timed out"), "{err}");
+        assert!(!err.contains("secret-token"), "{err}");
     }
 
     #[test]

@@ -418,6 +418,12 @@ fn a_receiver_that_hangs_neither_fails_nor_stalls_the_deploy_and_no_secret_leaks
     run.assert_stderr_has("warning: notify webhook `stuck-hook`")
         .assert_stderr_has("all 1 node(s) succeeded");
     assert!(!hung.requests().is_empty(), "the hung receiver was reached");
+    assert!(
+        !run.stderr.contains("/never"),
+        "a warning shows the sink's URL, which may hold a token:\n{}",
+        run.stderr
+    );
+
     assert_eq!(
         names(&delivered(&good.requests())),
         ["run.started", "run.succeeded"]
