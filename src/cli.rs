@@ -38,6 +38,9 @@ pub enum Command {
         /// Refuse unless --ref resolves to this commit (CI: the commit its tests passed on).
         #[arg(long, value_name = "SHA")]
         expect_commit: Option<String>,
+        /// Stream one JSON event per line on stdout (human output stays on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Put the previous release (or an older one) back live.
     Rollback {
@@ -49,6 +52,9 @@ pub enum Command {
         /// Go on without asking when the database is newer than the release expects.
         #[arg(long)]
         yes: bool,
+        /// Stream one JSON event per line on stdout (human output stays on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Show what runs on each node.
     Status {

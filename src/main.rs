@@ -29,6 +29,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             git_ref,
             allow_dirty,
             expect_commit,
+            json,
         } => {
             let opts = deploy::Options {
                 git_ref,
@@ -36,16 +37,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 allow_dirty,
                 expect_commit,
             };
-            deploy::run(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            let reporter = Arc::new(Reporter::new().with_json(json));
+            let result = deploy::run(&root, &target.env, &opts, reporter.clone()).await;
+            reporter.end_run(result)?;
             Ok(exit::OK)
         }
-        Command::Rollback { target, to, yes } => {
+        Command::Rollback {
+            target,
+            to,
+            yes,
+            json,
+        } => {
             let opts = deploy::RollbackOptions {
                 limit: target.limit,
                 to,
                 yes,
             };
-            deploy::rollback(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            let reporter = Arc::new(Reporter::new().with_json(json));
+            let result = deploy::rollback(&root, &target.env, &opts, reporter.clone()).await;
+            reporter.end_run(result)?;
             Ok(exit::OK)
         }
         Command::Status { target, json } => {

@@ -68,7 +68,11 @@ pub fn run(root: &Path, env_name: &str) -> anyhow::Result<()> {
         .names()
         .map(String::from)
         .collect();
-    let rows = classify(&needed_by(&Renderer::new(root))?, &present);
+    let mut needed = needed_by(&Renderer::new(root))?;
+    for name in crate::notify::secrets_used(&env.settings.notify) {
+        needed.entry(name).or_default().push("notify".into());
+    }
+    let rows = classify(&needed, &present);
 
     println!("secrets of {} ({}):", env.name, store.source());
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);

@@ -52,6 +52,8 @@ pub struct Settings {
     pub nodes: Vec<NodeSpec>,
     /// Free variables for the templates.
     pub vars: BTreeMap<String, Value>,
+    /// Where lifecycle events are sent (see `crate::notify`).
+    pub notify: Vec<crate::notify::SinkConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -165,6 +167,7 @@ impl Default for Settings {
             playbook: "playbooks/deploy.yml".into(),
             nodes: Vec::new(),
             vars: BTreeMap::new(),
+            notify: Vec::new(),
         }
     }
 }
@@ -377,6 +380,7 @@ fn validate(settings: &Settings, file: &str) -> Result<(), Error> {
             "write the health endpoint's path, e.g. /health",
         ));
     }
+    crate::notify::validate(&settings.notify, file)?;
     Ok(())
 }
 

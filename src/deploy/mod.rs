@@ -90,6 +90,8 @@ pub async fn run(
         chrono::Utc::now().format("%Y%m%d%H%M%S"),
         std::process::id()
     );
+    let selected: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    reporter.start_run(&env, &deploy_id, "deploy", Some(&name), &selected)?;
 
     let nodes = connect_all(&env, &specs).await?;
     let mut locks = lock_all(&nodes, &deploy_id, &reporter).await?;
@@ -101,6 +103,7 @@ pub async fn run(
         "local",
         &format!("building release {name} ({})", &commit[..7]),
     );
+    reporter.run_step_started("build");
     let timer = Timer::start();
     let (images, release) = match build(&env, &name, &commit).await {
         Ok(built) => built,
@@ -111,6 +114,7 @@ pub async fn run(
             return Err(e);
         }
     };
+    reporter.run_step_finished();
     reporter.info(
         "local",
         &format!("built in {:.1}s", timer.elapsed().as_secs_f64()),

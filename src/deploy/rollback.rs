@@ -54,6 +54,8 @@ pub async fn run(
         chrono::Utc::now().format("%Y%m%d%H%M%S"),
         std::process::id()
     );
+    let selected: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    reporter.start_run(&env, &deploy_id, "rollback", None, &selected)?;
 
     let nodes = connect_all(&env, &specs).await?;
     let locks = lock_all(&nodes, &deploy_id, &reporter).await?;

@@ -61,23 +61,28 @@ pub(super) async fn deploy_node(node: Node, lock: Lock, shared: Arc<Shared>) -> 
         timings: Vec::new(),
     };
 
+    let name = deploy.node.name.clone();
+    let reporter = deploy.shared.reporter.clone();
+    reporter.node_started(&name, &deploy.shared.release.name);
     let result = deploy.run_playbook().await;
+    let mut rolled_back = false;
     let result = match result {
         Ok(()) => Ok(()),
         Err((step, cause)) => {
             let err = deploy.undo(&step, cause).await;
             deploy.record_failure(&step).await;
+            rolled_back = deploy.traffic_is_back().await;
             Err(err)
         }
     };
 
-    let name = deploy.node.name.clone();
     if let Err(e) = deploy.lock.release(&deploy.node).await {
         deploy
             .shared
             .reporter
             .info(&name, &format!("could not release the lock cleanly: {e:#}"));
     }
+    reporter.node_finished(&name, &result, rolled_back);
     Outcome {
         node: name,
         result,
@@ -91,7 +96,7 @@ impl Deploy {
         let steps = self.shared.playbook.steps.clone();
         for step in &steps {
             let name = step.name().to_string();
-            self.shared.reporter.step(&self.node.name, &name);
+            self.shared.reporter.step_started(&self.node.name, &name);
             self.lock.step(&self.node, &name).await;
 
             let timer = Timer::start();
@@ -100,6 +105,10 @@ impl Deploy {
                 Step::Run(custom) => self.custom(custom).await,
             };
             self.timings.push((name.clone(), timer.elapsed()));
+            let error = result.as_ref().err();
+            self.shared
+                .reporter
+                .step_finished(&self.node.name, &name, timer.elapsed(), error);
             result.map_err(|e| (name, e))?;
         }
         Ok(())
@@ -122,6 +131,18 @@ impl Deploy {
             "record" => self.record().await,
             "cleanup" => self.cleanup().await,
             other => bail!("step `{other}` has no implementation"),
+        }
+    }
+
+    /// After an undo: traffic had moved to the new color, and the node now records the
+    /// old one as live again.
+    async fn traffic_is_back(&self) -> bool {
+        if !self.switched {
+            return false;
+        }
+        match switch::active_color(&self.node).await {
+            Ok(live) => live == self.old_color,
+            Err(_) => false,
         }
     }
 

@@ -13,6 +13,7 @@ mod load;
 mod local;
 mod lock;
 mod migrations;
+mod notifications;
 mod rollback;
 mod secrets;
 mod snapshots;
