@@ -68,6 +68,7 @@ pub async fn acquire(node: &Node, holder: Holder) -> anyhow::Result<Lock> {
         "mkdir -p {base} && exec flock -n -E {BUSY} {lock} sh -c 'echo acquired; exec cat >/dev/null'"
     );
 
+    refuse_network_filesystem(node).await?;
     let mut held = node.host.hold(&command).await?;
     if held.read_line().await?.as_deref() == Some("acquired") {
         let lock = Lock { held, holder };
@@ -94,6 +95,51 @@ pub async fn acquire(node: &Node, holder: Holder) -> anyhow::Result<Lock> {
             }),
     }
     .into())
+}
+
+/// File system types on which `flock` may not exclude a deploy from another machine
+/// (FC-16): slipway refuses to lock there rather than risk two deploys at once.
+const NETWORK_FILESYSTEMS: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb",
+    "smb2",
+    "smb3",
+    "smbfs",
+    "ncpfs",
+    "afs",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "davfs",
+    "sshfs",
+];
+
+fn is_network_filesystem(kind: &str) -> bool {
+    let kind = kind.trim().to_ascii_lowercase();
+    let base = kind.strip_prefix("fuse.").unwrap_or(&kind);
+    NETWORK_FILESYSTEMS.contains(&base)
+}
+
+async fn refuse_network_filesystem(node: &Node) -> anyhow::Result<()> {
+    let base = quote(node.paths.base());
+    let probe = format!(
+        "mkdir -p {base} && (findmnt -n -o FSTYPE -T {base} 2>/dev/null || stat -f -c %T {base})"
+    );
+    let kind = node.sh(&probe).await?;
+    if is_network_filesystem(&kind) {
+        anyhow::bail!(
+            "the state directory {} is on a network file system ({}), where a lock may not \
+             keep two deploys apart; set `state_dir` to a local path on the node",
+            node.paths.base(),
+            kind.trim()
+        );
+    }
+    Ok(())
 }
 
 impl Lock {
@@ -166,4 +212,27 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into())
+}
+
+#[cfg(test)]
+mod network_fs_tests {
+    use super::is_network_filesystem;
+
+    #[test]
+    fn network_file_systems_are_told_from_local_ones() {
+        for kind in ["nfs4", "cifs", "fuse.sshfs", "ceph", "9p\n"] {
+            assert!(is_network_filesystem(kind), "{kind}");
+        }
+        for kind in [
+            "ext4",
+            "xfs",
+            "overlay",
+            "tmpfs",
+            "btrfs",
+            "ext2/ext3",
+            "fuse.fuse-overlayfs",
+        ] {
+            assert!(!is_network_filesystem(kind), "{kind}");
+        }
+    }
 }
