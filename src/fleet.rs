@@ -1,6 +1,7 @@
 //! Choosing and reaching the nodes of an environment.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -73,6 +74,7 @@ pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> anyhow::Result<SshTarge
         .map(|k| env.path(k))
         .or(entry.identity_file);
     let known_hosts = known_hosts_file(env);
+    let keepalive = Duration::from_secs(env.settings.ssh_keepalive_seconds.max(1));
 
     let mut jump = None;
     for hop in &entry.proxy_jump {
@@ -87,6 +89,7 @@ pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> anyhow::Result<SshTarge
             key: credentials::key(hop_entry.identity_file.or(key.clone())),
             known_hosts: credentials::known_hosts(known_hosts.clone()),
             jump,
+            keepalive,
         }));
     }
 
@@ -97,6 +100,7 @@ pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> anyhow::Result<SshTarge
         key: credentials::key(key),
         known_hosts: credentials::known_hosts(known_hosts),
         jump,
+        keepalive,
     })
 }
 

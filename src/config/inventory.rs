@@ -47,6 +47,9 @@ pub struct Settings {
     /// Seconds pg_dump waits for its table locks before the snapshot (and the deploy)
     /// fails, instead of queueing behind a long transaction indefinitely.
     pub snapshot_lock_wait_seconds: u64,
+    /// Seconds between SSH keepalives, so a firewall or proxy that drops idle
+    /// connections never cuts a long, silent step (a migration, a snapshot).
+    pub ssh_keepalive_seconds: u64,
     /// The playbook a deploy runs.
     pub playbook: String,
     pub nodes: Vec<NodeSpec>,
@@ -161,6 +164,7 @@ impl Default for Settings {
             drain_seconds: 5,
             stop_grace_seconds: 15,
             watch_seconds: 30,
+            ssh_keepalive_seconds: 15,
             keep_releases: 3,
             snapshot_retention_days: 7,
             snapshot_lock_wait_seconds: 60,

@@ -153,10 +153,7 @@ impl Deploy {
     /// Docker, compose, free disk, a clean schema, and which color is live.
     async fn preflight(&mut self) -> anyhow::Result<()> {
         let node = &self.node;
-        let docker = node
-            .sh("docker version --format '{{.Server.Version}} {{.Server.APIVersion}}'")
-            .await
-            .context("Docker is not usable by this user on the node")?;
+        let docker = node.docker_version().await?;
         let compose = node
             .sh("docker compose version --short")
             .await

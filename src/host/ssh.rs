@@ -32,6 +32,8 @@ pub struct SshTarget {
     pub known_hosts: KnownHosts,
     /// The jump host this node is reached through (ProxyJump), itself perhaps behind one.
     pub jump: Option<Box<SshTarget>>,
+    /// Time between keepalives; four unanswered ones end the connection.
+    pub keepalive: Duration,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -71,6 +73,13 @@ impl SshHost {
     }
 
     async fn exec(&self, command: &str) -> anyhow::Result<russh::Channel<client::Msg>> {
+        if self.handle.is_closed() {
+            bail!(
+                "{}: the SSH connection was lost (closed by the network or the node); \
+                 nothing more could be run there",
+                self.describe()
+            );
+        }
         let channel = self
             .handle
             .channel_open_session()
@@ -95,7 +104,7 @@ async fn handshake(
         seen: seen.clone(),
     };
     let config = Arc::new(client::Config {
-        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_interval: Some(target.keepalive),
         keepalive_max: 4,
         inactivity_timeout: None,
         nodelay: true,

@@ -1,8 +1,14 @@
 //! Reaching nodes without a laptop's setup: the CI path with a deploy key and known_hosts
 //! from environment variables and no `~/.ssh` or agent (FC-11), and a deploy user who may
-//! not use Docker, which must fail fast instead of waiting on a prompt (FC-13).
+//! not use Docker, which must fail fast instead of waiting on a prompt (FC-13); a node
+//! behind a jump host named in an SSH client configuration; keepalives through a proxy
+//! that cuts idle connections (FC-12, first half).
 
-use std::time::Instant;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::support::{harness, on_node_ok, repo, sh_ok, Project};
 
@@ -205,5 +211,112 @@ fn an_ssh_config_alias_reaches_its_node_through_a_jump_host() {
         log.contains(&through_bastion),
         "the node saw no login from the jump host {}:\n{log}",
         bastion.address
+    );
+}
+
+/// A TCP proxy that cuts any connection idle (no byte either way) for longer than `idle`,
+/// as a stateful firewall or cloud load balancer does.
+struct IdleCutProxy {
+    port: u16,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl IdleCutProxy {
+    fn start(upstream: String, idle: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let counted = cuts.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if let Ok(server) = TcpStream::connect(&upstream) {
+                    relay(client, server, idle, counted.clone());
+                }
+            }
+        });
+        IdleCutProxy { port, cuts }
+    }
+}
+
+fn relay(client: TcpStream, server: TcpStream, idle: Duration, cuts: Arc<AtomicUsize>) {
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let open = Arc::new(AtomicBool::new(true));
+    for (mut from, mut to) in [
+        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+        (server.try_clone().unwrap(), client.try_clone().unwrap()),
+    ] {
+        let (last, open) = (last.clone(), open.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                *last.lock().unwrap() = Instant::now();
+            }
+            open.store(false, Ordering::Relaxed);
+            let _ = to.shutdown(Shutdown::Both);
+        });
+    }
+    std::thread::spawn(move || {
+        while open.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            if last.lock().unwrap().elapsed() > idle {
+                cuts.fetch_add(1, Ordering::Relaxed);
+                let _ = client.shutdown(Shutdown::Both);
+                let _ = server.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    });
+}
+
+#[test]
+fn fc12_keepalives_carry_a_long_silent_migration_through_an_idle_cutting_proxy() {
+    let mut project = Project::new("e2e-keepalive", 18118, 1);
+    let node = project.nodes[0].clone();
+    let idle_cut = Duration::from_secs(8);
+    let proxy = IdleCutProxy::start(format!("{}:22", node.address), idle_cut);
+
+    let host_keys = on_node_ok(&node, "cat /etc/ssh/ssh_host_*_key.pub");
+    let known_hosts = project.root().join("known_hosts.proxy");
+    let lines: Vec<String> = host_keys
+        .lines()
+        .map(|k| format!("[127.0.0.1]:{} {k}", proxy.port))
+        .collect();
+    std::fs::write(&known_hosts, lines.join("\n") + "\n").unwrap();
+    project.set_known_hosts(&known_hosts);
+    project.set_extra("ssh_keepalive_seconds: 2");
+    let rel = format!("inventory/{}.yml", project.env);
+    let text = std::fs::read_to_string(project.root().join(&rel)).unwrap();
+    project.write(
+        &rel,
+        &text.replace(
+            &format!("address: {}\n", node.address),
+            &format!("address: 127.0.0.1\n    port: {}\n", proxy.port),
+        ),
+    );
+    project.commit("v1");
+    project.deploy().assert_code(0);
+
+    project.write("migrations/000004_silent.up.sql", "SELECT pg_sleep(20);\n");
+    project.write("migrations/000004_silent.down.sql", "SELECT 1;\n");
+    project.commit("v2: a migration silent for 20 s, longer than the proxy's idle cut");
+    let started = Instant::now();
+    let deploy = project.deploy();
+    deploy.assert_code(0);
+
+    assert!(
+        started.elapsed() > Duration::from_secs(20),
+        "the silent migration did not run"
+    );
+    assert_eq!(
+        project.psql("SELECT version || ' ' || dirty FROM schema_migrations"),
+        "4 false"
+    );
+    assert_eq!(
+        proxy.cuts.load(Ordering::Relaxed),
+        0,
+        "the proxy cut an idle connection"
     );
 }
