@@ -2,8 +2,8 @@
 //! commit, the database and nginx images from `templates/images/`, and each is streamed to
 //! a node over its SSH connection (`docker save | docker load`) only when the node lacks it.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::process::Stdio;
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -11,6 +11,7 @@ use tokio::process::Command;
 
 use crate::config::Environment;
 use crate::host::Input;
+use crate::layers;
 use crate::node::{quote, Node};
 use crate::render::Images;
 
@@ -225,28 +226,24 @@ pub async fn ship(node: &Node, tag: &str) -> anyhow::Result<u64> {
         return Ok(0);
     }
 
-    check_room(node, tag).await?;
+    let (size, layers) = local_size_and_layers(tag).await?;
+    let remote = remote_layers(node).await?;
+    check_room(tag, size, &layers, &remote)?;
+
+    let archive = layers::save(tag).await?;
+    let (archive, plan) = tokio::task::spawn_blocking(move || {
+        let plan = layers::plan(&archive, &remote.chains);
+        (archive, plan)
+    })
+    .await?;
+    let plan = plan.with_context(|| format!("cannot read the saved image {tag}"))?;
+    tracing::info!(node = %node.name, %tag, skipped = plan.skip.len(), layers = plan.layers, "ship");
+    let stream = layers::filtered(archive, plan)?;
 
     let before = node.host.bytes_sent();
-    let mut save = Command::new("docker")
-        .args(["save", tag])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot run docker save")?;
-    let stream = save.stdout.take().expect("stdout is piped");
-
     let loaded = node
         .run("docker load -q", Input::Stream(Box::pin(stream)))
         .await?;
-    let saved = save.wait_with_output().await?;
-    if !saved.status.success() {
-        bail!(
-            "docker save {tag} failed: {}",
-            String::from_utf8_lossy(&saved.stderr).trim()
-        );
-    }
     if !loaded.success() {
         bail!(
             "docker load of {tag} failed on the node: {}",
@@ -256,28 +253,54 @@ pub async fn ship(node: &Node, tag: &str) -> anyhow::Result<u64> {
     Ok(node.host.bytes_sent() - before)
 }
 
-/// Refuses to send `tag` when the node's Docker root cannot hold it (FC-20), before a byte
-/// is transferred. `docker load` unpacks the whole archive under that directory and then
-/// registers the layers the node lacks, so it needs the image's size, and as much again
-/// when any layer is new.
-async fn check_room(node: &Node, tag: &str) -> anyhow::Result<()> {
-    let (size, layers) = local_size_and_layers(tag).await?;
+/// What a node's engine holds: free bytes under its root directory, that directory, and
+/// the chain IDs of every layer of its images.
+struct RemoteLayers {
+    free: u64,
+    root: String,
+    chains: HashSet<String>,
+}
+
+async fn remote_layers(node: &Node) -> anyhow::Result<RemoteLayers> {
     let script = r#"root=$(docker info --format '{{.DockerRootDir}}') &&
         df -Pk "$root" | awk 'NR == 2 {print $4 * 1024}' && echo "$root" &&
-        docker image ls -q | sort -u | xargs -r docker image inspect --format '{{range .RootFS.Layers}}{{println .}}{{end}}'"#;
+        docker image ls -q | sort -u | xargs -r docker image inspect --format '{{range .RootFS.Layers}}{{.}} {{end}}'"#;
     let out = node.sh(script).await?;
     let mut lines = out.lines();
-    let free: u64 = lines
+    let free = lines
         .next()
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or(0);
     let root = lines.next().unwrap_or("/var/lib/docker").trim().to_string();
-    let present: std::collections::HashSet<&str> = lines.map(str::trim).collect();
+    let rest: Vec<&str> = lines.collect();
+    Ok(RemoteLayers {
+        free,
+        root,
+        chains: layers::node_chains(&rest.join("\n")),
+    })
+}
 
-    let needed = bytes_needed(size, layers.iter().any(|l| !present.contains(l.as_str())));
-    if free < needed {
+/// Refuses to send `tag` when the node's Docker root cannot hold it (FC-20), before a byte
+/// is transferred. `docker load` unpacks the archive under that directory and then
+/// registers the layers the node lacks: room for the image's size, and as much again when
+/// any layer is new, is asked for.
+fn check_room(
+    tag: &str,
+    size: u64,
+    diff_ids: &[String],
+    remote: &RemoteLayers,
+) -> anyhow::Result<()> {
+    let has_new = layers::chain_ids(diff_ids)
+        .iter()
+        .any(|chain| !remote.chains.contains(chain));
+    let needed = bytes_needed(size, has_new);
+    if remote.free < needed {
         bail!(
-            "not enough disk on the node for {tag}: loading it needs about {needed} bytes under              {root}, and {free} bytes are free; free space there (`docker system df` on the              node; a lower keep_releases keeps fewer old images), then deploy again"
+            "not enough disk on the node for {tag}: loading it needs about {needed} bytes under \
+             {}, and {} bytes are free; free space there (`docker system df` on the node; a \
+             lower keep_releases keeps fewer old images), then deploy again",
+            remote.root,
+            remote.free
         );
     }
     Ok(())

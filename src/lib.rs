@@ -10,6 +10,7 @@ pub mod health;
 pub mod history;
 pub mod host;
 pub mod image;
+pub mod layers;
 pub mod lock;
 pub mod migrate;
 pub mod node;
