@@ -15,5 +15,6 @@ mod lock;
 mod migrations;
 mod rollback;
 mod secrets;
+mod snapshot_commands;
 mod snapshots;
 mod zero_downtime;
