@@ -45,6 +45,37 @@ fn dumps(project: &Project) -> Vec<String> {
         .collect()
 }
 
+/// An open transaction that has read the events table, so the restore cannot lock it;
+/// ended by the test through `pg_terminate_backend`.
+fn hold_events_table(project: &Project) -> std::process::Child {
+    let mut child = std::process::Command::new("docker")
+        .args(["exec", &project.nodes[0].container, "sh", "-c"])
+        .arg(format!(
+            "docker exec -e PGAPPNAME=e2e-snap-blocker -u postgres \
+             $(docker ps -q --filter label=com.docker.compose.project=events-{} \
+             --filter label=slipway.role=db) psql -U events -d events \
+             -c 'BEGIN; SELECT count(*) FROM events; SELECT pg_sleep(120); COMMIT;'",
+            project.env
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker exec runs");
+    for _ in 0..50 {
+        let waiting = project.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'e2e-snap-blocker' \
+             AND wait_event = 'PgSleep'",
+        );
+        if waiting == "1" {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the blocking transaction did not start");
+}
+
 /// Everything the restore must bring back, as one comparable text.
 fn fingerprint(project: &Project) -> String {
     project.psql(
@@ -82,7 +113,8 @@ fn poll(url: String, stop: Arc<AtomicBool>) -> JoinHandle<(usize, Vec<String>)> 
 
 #[test]
 fn fc09_restore_under_traffic_brings_back_the_snapshot_and_keeps_extensions() {
-    let project = Project::new("e2e-snap-restore", 18150, 1);
+    let mut project = Project::new("e2e-snap-restore", 18150, 1);
+    project.set_extra("snapshot_lock_wait_seconds: 2\n");
     project.commit("v1");
     project.deploy().assert_code(0);
 
@@ -145,6 +177,31 @@ fn fc09_restore_under_traffic_brings_back_the_snapshot_and_keeps_extensions() {
         "t"
     );
 
+    let blocker = hold_events_table(&project);
+    let blocked = project
+        .slipway()
+        .args(["snapshot", "restore", &project.env, &name, "--yes"])
+        .run();
+    project.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'e2e-snap-blocker'",
+    );
+    let _ = blocker.wait_with_output();
+    blocked
+        .assert_code(1)
+        .assert_stderr_has("step `restore` failed")
+        .assert_stderr_has("lock timeout")
+        .assert_stderr_has("nothing was changed");
+    assert_eq!(
+        project.psql("SELECT count(*) FROM events WHERE name LIKE 'Changed %'"),
+        changed,
+        "a failed restore changed data"
+    );
+    assert_eq!(
+        project.psql("SELECT to_regclass('made_later') IS NOT NULL"),
+        "t"
+    );
+
     let stop = Arc::new(AtomicBool::new(false));
     let poller = poll(project.url(0, ""), stop.clone());
     let restored = project
@@ -194,14 +251,14 @@ fn fc09_restore_under_traffic_brings_back_the_snapshot_and_keeps_extensions() {
     );
 
     let all = dumps(&project);
-    assert_eq!(all.len(), 2, "the restore took a snapshot first: {all:?}");
+    assert_eq!(all.len(), 3, "each restore took a snapshot first: {all:?}");
     let list = project
         .slipway()
         .args(["snapshot", "list", &project.env])
         .run();
     list.assert_code(0);
     assert!(
-        list.stdout.matches("schema 3  taken ").count() == 2 && list.stdout.contains("at release "),
+        list.stdout.matches("schema 3  taken ").count() == 3 && list.stdout.contains("at release "),
         "snapshot list:\n{}",
         list.stdout
     );
@@ -351,7 +408,8 @@ fn fc08_snapshots_come_from_the_servers_pg_dump_and_bad_dumps_never_count() {
         assert_eq!(
             snapshot_files(&project),
             [good[0].clone(), format!("{}.json", good[0])],
-            "an {what} dump left a file (or the killed dump's partial file stayed)"
+            "an {what} dump left a file (or the killed dump's partial file stayed); slipway said:\n{}",
+            run.stderr
         );
     }
 
