@@ -134,6 +134,31 @@ pub enum SnapshotCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Take a snapshot of the database now, on each node (retention is applied first).
+    Create {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restore a snapshot into the live database, after taking one of the current state.
+    Restore {
+        #[command(flatten)]
+        target: Target,
+        /// The snapshot's file name, as `snapshot list` shows it.
+        name: String,
+        /// Go on without asking (CI); without a terminal and without --yes it refuses.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Copy a snapshot to this machine and check its size and SHA-256.
+    Download {
+        #[command(flatten)]
+        target: Target,
+        /// The snapshot's file name, as `snapshot list` shows it.
+        name: String,
+        /// A file or a directory to write it to (default: the current directory).
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

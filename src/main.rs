@@ -6,7 +6,7 @@ use slipway::config::Environment;
 use slipway::error::{exit, exit_code, Error};
 use slipway::redact::redact;
 use slipway::report::Reporter;
-use slipway::{deploy, status, trust};
+use slipway::{deploy, snapshot_cmd, status, trust};
 
 fn main() {
     mask_panics();
@@ -119,6 +119,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
             let refused = trust::run(env, &target.limit, fingerprint.as_deref()).await?;
             Ok(if refused == 0 { exit::OK } else { exit::FAILED })
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Create { target },
+        } => {
+            let reporter = Arc::new(Reporter::new());
+            snapshot_cmd::create(&root, &target.env, &target.limit, reporter).await?;
+            Ok(exit::OK)
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Restore { target, name, yes },
+        } => {
+            let opts = snapshot_cmd::RestoreOptions {
+                limit: target.limit,
+                name,
+                yes,
+            };
+            snapshot_cmd::restore(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            Ok(exit::OK)
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Download { target, name, to },
+        } => {
+            let opts = snapshot_cmd::DownloadOptions {
+                limit: target.limit,
+                name,
+                to,
+            };
+            snapshot_cmd::download(&root, &target.env, &opts).await?;
+            Ok(exit::OK)
         }
         Command::Secrets {
             command: SecretsCommand::Check { env },

@@ -70,25 +70,108 @@ pub async fn meta(node: &Node, name: &str) -> anyhow::Result<Option<Meta>> {
 }
 
 /// Takes a snapshot; returns its file name in the node's snapshot directory.
+///
+/// The dump is made by the pg_dump of the server's own major version, found inside the
+/// database container ([`server_pg_dump`]); any pg_dump on the node's PATH is never used.
+/// It is written under a hidden `.partial` name, must be non-empty and readable by
+/// `pg_restore --list`, and only then is renamed to its final name: a dump that fails or
+/// is killed leaves no file under a final name. Leftover partial files of an earlier,
+/// killed dump are removed first (the caller holds the environment's lock, so no other
+/// dump of this environment is running).
 pub async fn take(node: &Node, commit: &str) -> anyhow::Result<String> {
     let db = &node.env.settings.database;
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
     let name = format!("{}_{stamp}_{}.dump", db.name, &commit[..7]);
+    let pg_dump = server_pg_dump(node)
+        .await
+        .context("snapshot refused; no migration was run")?;
 
     let inner = format!(
-        "set -e; tmp=/snapshots/.{name}.partial; trap 'rm -f \"$tmp\"' EXIT; \
-         pg_dump -Fc --lock-wait-timeout={wait}s -U {user} -d {dbname} -f \"$tmp\"; \
-         test -s \"$tmp\"; pg_restore --list \"$tmp\" >/dev/null; \
+        "set -e; rm -f /snapshots/.*.partial; tmp=/snapshots/.{name}.partial; \
+         trap 'rm -f \"$tmp\"' EXIT; \
+         {pg_dump} -Fc --lock-wait-timeout={wait}s -U {user} -d {dbname} -f \"$tmp\"; \
+         test -s \"$tmp\"; {pg_restore} --list \"$tmp\" >/dev/null; \
          mv \"$tmp\" /snapshots/{name}; trap - EXIT",
+        pg_dump = quote(&pg_dump),
+        pg_restore = quote(&sibling(&pg_dump, "pg_restore")),
         user = quote(&db.user),
         dbname = quote(&db.name),
         wait = node.env.settings.snapshot_lock_wait_seconds.max(1),
     );
     let command = node.infra_compose(&format!("exec -T db sh -c {}", quote(&inner)));
-    node.sh(&command)
-        .await
-        .context("snapshot failed; no migration was run")?;
+    node.sh(&command).await.context(
+        "snapshot failed (no file was kept under a snapshot's name); no migration was run",
+    )?;
     Ok(name)
+}
+
+/// The path, inside the database container, of a pg_dump whose major version is the
+/// server's (FC-08): the server's own `bin` directory first (Debian's layout, also the
+/// official image's), else whatever `pg_dump` the container's PATH finds. A pg_dump of
+/// another major version is refused, naming both versions.
+pub async fn server_pg_dump(node: &Node) -> anyhow::Result<String> {
+    let server = node
+        .query("SELECT current_setting('server_version_num') || '|' || current_setting('server_version');")
+        .await
+        .context("cannot ask the database server for its version")?;
+    let (num, server_text) = server.split_once('|').unwrap_or((&server, &server));
+    let major: u32 = num
+        .parse::<u32>()
+        .context("server_version_num is not a number")?
+        / 10_000;
+
+    let probe = format!(
+        "for b in /usr/lib/postgresql/{major}/bin/pg_dump \"$(command -v pg_dump)\"; do \
+         if [ -x \"$b\" ]; then echo \"$b\"; \"$b\" --version; exit 0; fi; done; exit 44"
+    );
+    let out = node
+        .run(
+            &node.infra_compose(&format!("exec -T db sh -c {}", quote(&probe))),
+            crate::host::Input::None,
+        )
+        .await?;
+    if out.code == Some(44) {
+        bail!(
+            "{}: the database container has no pg_dump; the server is PostgreSQL {server_text}; \
+             use a database image that ships pg_dump {major}",
+            node.name
+        );
+    }
+    if !out.success() {
+        bail!(
+            "{}: cannot look for pg_dump in the database container: {}",
+            node.name,
+            out.tail(3)
+        );
+    }
+    let stdout = out.stdout();
+    let mut lines = stdout.lines();
+    let path = lines.next().unwrap_or_default().trim().to_string();
+    let version = lines.next().unwrap_or_default().trim().to_string();
+    if dump_major(&version) != Some(major) {
+        bail!(
+            "{}: pg_dump in the database container is `{version}` ({path}) but the server is \
+             PostgreSQL {server_text} (major {major}); a dump by another major version is not \
+             trusted, so no snapshot was taken and nothing was migrated; use a database image \
+             whose pg_dump is version {major}",
+            node.name
+        );
+    }
+    Ok(path)
+}
+
+/// `pg_dump (PostgreSQL) 17.5 (Debian 17.5-1)` -> 17; `pg_dump (PostgreSQL) 9.6.24` -> 9.
+fn dump_major(version: &str) -> Option<u32> {
+    let number = version.split_whitespace().nth(2)?;
+    number.split('.').next()?.parse().ok()
+}
+
+/// Another program in the same directory as `path`.
+pub(crate) fn sibling(path: &str, program: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{program}"),
+        None => program.to_string(),
+    }
 }
 
 /// Removes snapshots older than the retention, never the newest one.
@@ -170,5 +253,19 @@ mod tests {
         let t = stamp_of("my_db_20261203T101500Z_abc1234.dump").unwrap();
         assert_eq!(t.to_string(), "2026-12-03 10:15:00");
         assert!(stamp_of(".events_20261203T101500Z_abc1234.dump.partial").is_none());
+    }
+
+    #[test]
+    fn reads_the_major_version_of_pg_dump() {
+        assert_eq!(
+            dump_major("pg_dump (PostgreSQL) 17.5 (Debian 17.5-1)"),
+            Some(17)
+        );
+        assert_eq!(dump_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(dump_major("garbage"), None);
+        assert_eq!(
+            sibling("/usr/lib/postgresql/17/bin/pg_dump", "pg_restore"),
+            "/usr/lib/postgresql/17/bin/pg_restore"
+        );
     }
 }

@@ -286,6 +286,14 @@ async fn snapshot_lines(node: &Node) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     for name in snapshot::list(node).await? {
         let line = match snapshot::meta(node, &name).await? {
+            Some(m) if m.live_release.as_deref() == Some(m.before_release.as_str()) => format!(
+                "{name}  {:.1} MB  schema {}  taken {} at release {}",
+                m.bytes as f64 / 1e6,
+                m.schema_version
+                    .map_or("none".to_string(), |v| v.to_string()),
+                m.taken_at,
+                m.before_release,
+            ),
             Some(m) => format!(
                 "{name}  {:.1} MB  schema {}  taken {} before deploying {} (live: {})",
                 m.bytes as f64 / 1e6,

@@ -13,7 +13,7 @@ pub mod ssh_config;
 use std::pin::Pin;
 
 use async_trait::async_trait;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 pub use local::LocalHost;
 pub use ssh::{offered_key, SshHost, SshTarget};
@@ -80,6 +80,20 @@ pub trait Host: Send + Sync {
     /// Starts `command` and keeps it running until the returned handle is released or
     /// dropped, or this process dies.
     async fn hold(&self, command: &str) -> anyhow::Result<Box<dyn Held>>;
+
+    /// Runs `command` and writes its stdout into `sink` as it arrives, for output too large
+    /// to hold in memory (a snapshot being downloaded). The returned output holds the exit
+    /// code and stderr; its stdout is empty.
+    async fn run_to(
+        &self,
+        command: &str,
+        sink: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> anyhow::Result<Output> {
+        let mut out = self.run(command, Input::None).await?;
+        sink.write_all(&out.stdout).await?;
+        out.stdout.clear();
+        Ok(out)
+    }
 
     /// Whether the node's Docker engine is the workstation's own (nothing to ship).
     fn is_local(&self) -> bool {

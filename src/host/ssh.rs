@@ -16,7 +16,7 @@ use russh::keys::{
     PublicKeyOrCertificate,
 };
 use russh::ChannelMsg;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::credentials::KeySource;
 use super::known_hosts::{self, KnownHosts, Verdict};
@@ -302,6 +302,33 @@ impl Host for SshHost {
         }
 
         feed.abort();
+        if out.code.is_none() && self.handle.is_closed() {
+            bail!(
+                "{}: the SSH connection was lost while a command ran",
+                self.describe()
+            );
+        }
+        Ok(out)
+    }
+
+    async fn run_to(
+        &self,
+        command: &str,
+        sink: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> anyhow::Result<Output> {
+        let mut channel = self.exec(command).await?;
+        channel.eof().await?;
+
+        let mut out = Output::default();
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => sink.write_all(&data).await?,
+                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.code = Some(exit_status as i32),
+                _ => {}
+            }
+        }
+        sink.flush().await?;
         if out.code.is_none() && self.handle.is_closed() {
             bail!(
                 "{}: the SSH connection was lost while a command ran",

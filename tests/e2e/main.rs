@@ -16,6 +16,7 @@ mod migrations;
 mod notifications;
 mod rollback;
 mod secrets;
+mod snapshot_commands;
 mod snapshots;
 mod ssh_access;
 mod zero_downtime;
