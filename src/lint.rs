@@ -79,9 +79,14 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Both checks, as one error naming every problem and the fix: what preflight runs.
-pub fn check(pending: &[Migration], settings: &Migrations) -> anyhow::Result<()> {
+/// What preflight runs: the shape check, then, when the database already has a schema
+/// that a release serves against (`in_use`), the lint; one error names every problem and
+/// the fix. An empty database has no reader to break and no live queries to stall.
+pub fn check(pending: &[Migration], settings: &Migrations, in_use: bool) -> anyhow::Result<()> {
     check_shape(pending)?;
+    if !in_use {
+        return Ok(());
+    }
 
     let open = findings(pending, settings);
     if open.is_empty() {
@@ -451,7 +456,7 @@ mod tests {
                 open.iter().any(|f| f.rule == rule && f.line == 2),
                 "{rule}: {sql} gave {open:?}"
             );
-            let err = check(std::slice::from_ref(&m), &Migrations::default())
+            let err = check(std::slice::from_ref(&m), &Migrations::default(), true)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -489,7 +494,7 @@ mod tests {
             4,
             "-- slipway:no-transaction\nCREATE INDEX CONCURRENTLY e ON events (starts_at);",
         );
-        check(&[concurrent], &Migrations::default()).unwrap();
+        check(&[concurrent], &Migrations::default(), true).unwrap();
     }
 
     #[test]
@@ -510,7 +515,15 @@ mod tests {
             .collect();
         ups.sort_by_key(|m| m.version);
         assert_eq!(ups.len(), 3);
-        check(&ups, &Migrations::default()).unwrap();
+        check(&ups, &Migrations::default(), true).unwrap();
+    }
+
+    #[test]
+    fn an_empty_database_gets_the_shape_check_only() {
+        let drop = file(4, "ALTER TABLE events DROP COLUMN capacity;");
+        check(std::slice::from_ref(&drop), &Migrations::default(), false).unwrap();
+        let two = file(5, "-- slipway:no-transaction\nSELECT 1;\nSELECT 2;");
+        assert!(check(&[two], &Migrations::default(), false).is_err());
     }
 
     #[test]

@@ -184,7 +184,8 @@ impl Deploy {
             self.pending = self.shared.migrations.clone();
         }
 
-        crate::lint::check(&self.pending, &node.env.settings.migrations)
+        let in_use = self.schema_version.is_some();
+        crate::lint::check(&self.pending, &node.env.settings.migrations, in_use)
     }
 
     async fn check_free_space(&self) -> anyhow::Result<()> {
