@@ -11,6 +11,7 @@ pub mod history;
 pub mod host;
 pub mod image;
 pub mod layers;
+pub mod lint;
 pub mod lock;
 pub mod migrate;
 pub mod node;

@@ -6,6 +6,10 @@
 //! marks the version dirty, runs the file in one transaction, then marks it clean, so either
 //! tool can continue after the other. A file whose version is already recorded by the time
 //! the lock is held is skipped, so two migrators never apply the same file twice.
+//!
+//! A file whose first line is [`NO_TRANSACTION`] runs outside a transaction (for
+//! `CREATE INDEX CONCURRENTLY` and the like), between the same dirty and clean marks; such a
+//! file must hold exactly one statement (checked by `crate::lint` before anything runs).
 
 use std::path::Path;
 
@@ -15,11 +19,28 @@ use tokio::process::Command;
 use crate::config::Migrations;
 use crate::node::Node;
 
+/// The first line of a migration file that must run outside a transaction.
+pub const NO_TRANSACTION: &str = "-- slipway:no-transaction";
+
 #[derive(Debug, Clone)]
 pub struct Migration {
     pub version: u64,
     pub name: String,
+    /// The up file's name, e.g. `000004_add_capacity.up.sql`.
+    pub file: String,
     pub up: String,
+}
+
+impl Migration {
+    /// Whether the file declares itself non-transactional on its first line.
+    pub fn transactional(&self) -> bool {
+        self.up.lines().next().map(str::trim) != Some(NO_TRANSACTION)
+    }
+
+    /// The file's path in the repository, for messages.
+    pub fn path(&self) -> String {
+        format!("migrations/{}", self.file)
+    }
 }
 
 /// What `schema_migrations` says.
@@ -49,7 +70,12 @@ pub async fn load(root: &Path, commit: &str) -> anyhow::Result<Vec<Migration>> {
             bail!("migrations/{file}: version {version} appears twice");
         }
         let up = git(root, &["show", &format!("{commit}:migrations/{file}")]).await?;
-        migrations.push(Migration { version, name, up });
+        migrations.push(Migration {
+            version,
+            name,
+            file: file.to_string(),
+            up,
+        });
     }
     migrations.sort_by_key(|m| m.version);
     Ok(migrations)
@@ -126,15 +152,26 @@ pub fn script(pending: &[Migration], database: &str, limits: &Migrations) -> Str
              \\if :todo\n\
              \\echo slipway-migrate-start {v}\n\
              BEGIN; DELETE FROM schema_migrations; INSERT INTO schema_migrations VALUES ({v}, true); COMMIT;\n\
-             BEGIN;\n{body}\n;\nCOMMIT;\n\
+             {body}\n\
              BEGIN; DELETE FROM schema_migrations; INSERT INTO schema_migrations VALUES ({v}, false); COMMIT;\n\
              \\echo slipway-migrate-done {v}\n\
              \\endif\n",
-            body = m.up.trim_end()
+            body = body(m)
         ));
     }
     sql.push_str(&format!("SELECT pg_advisory_unlock({key});\n"));
     sql
+}
+
+/// A file's statements: wrapped in one transaction, or bare when it declares itself
+/// non-transactional (psql then runs its one statement in autocommit mode).
+fn body(m: &Migration) -> String {
+    let text = m.up.trim_end();
+    if m.transactional() {
+        format!("BEGIN;\n{text}\n;\nCOMMIT;")
+    } else {
+        format!("{text}\n;")
+    }
 }
 
 /// Records `to` as the clean version, under the advisory lock, only while the database is
@@ -165,6 +202,8 @@ pub async fn force_clean(node: &Node, dirty: u64, to: u64) -> anyhow::Result<()>
 
 /// Applies the pending migrations; returns the versions this run applied.
 pub async fn apply(node: &Node, pending: &[Migration]) -> anyhow::Result<Vec<u64>> {
+    crate::lint::check_shape(pending)?;
+
     let settings = &node.env.settings;
     let sql = script(pending, &settings.database.name, &settings.migrations);
     let out = node.psql(&sql, "").await?;
@@ -191,10 +230,25 @@ pub async fn apply(node: &Node, pending: &[Migration]) -> anyhow::Result<Vec<u64
     };
     match started {
         Some(v) => bail!(
-            "migration {v} failed and the database is now marked dirty at version {v} (its \
-             transaction was rolled back): {cause}"
+            "migration {v} failed and the database is now marked dirty at version {v} ({}): \
+             {cause}",
+            leftover(pending, v)
         ),
         None => bail!("migrations could not start: {cause}"),
+    }
+}
+
+/// What a failed file left behind, by how it ran.
+fn leftover(pending: &[Migration], version: u64) -> &'static str {
+    let transactional = pending
+        .iter()
+        .find(|m| m.version == version)
+        .is_none_or(Migration::transactional);
+    if transactional {
+        "its transaction was rolled back"
+    } else {
+        "it ran outside a transaction: a failed CREATE INDEX CONCURRENTLY leaves an INVALID \
+         index behind, which must be dropped before the file runs again"
     }
 }
 
@@ -258,6 +312,7 @@ mod tests {
         Migration {
             version,
             name: format!("m{version}"),
+            file: format!("{version:06}_m{version}.up.sql"),
             up: "SELECT 1;".into(),
         }
     }
@@ -302,6 +357,7 @@ mod tests {
         let limits = Migrations {
             lock_timeout_ms: 2500,
             statement_timeout_seconds: 60,
+            ..Migrations::default()
         };
         let sql = script(&[m(4)], "events", &limits);
         assert!(sql.contains("WHERE version >= 4) AS todo"));

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
-use super::SHARED_FILE;
+use super::{Migrations, SHARED_FILE};
 use crate::error::Error;
 use crate::host::ssh_config;
 
@@ -73,26 +73,6 @@ pub struct Build {
 pub struct Database {
     pub name: String,
     pub user: String,
-}
-
-/// Limits on a migration's database session, so it cannot stall the live app.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Migrations {
-    /// Milliseconds a statement may wait for a lock (Postgres `lock_timeout`): a migration
-    /// queued behind a long transaction fails fast instead of queueing the app behind it.
-    pub lock_timeout_ms: u64,
-    /// Seconds one statement may run (Postgres `statement_timeout`); 0 means no limit.
-    pub statement_timeout_seconds: u64,
-}
-
-impl Default for Migrations {
-    fn default() -> Self {
-        Migrations {
-            lock_timeout_ms: 3000,
-            statement_timeout_seconds: 600,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

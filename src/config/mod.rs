@@ -2,11 +2,13 @@
 //! secrets, loaded and validated before any node is touched.
 
 mod inventory;
+mod migrations;
 mod secrets;
 
 use std::path::{Path, PathBuf};
 
-pub use inventory::{Build, Connection, Database, Health, Migrations, NodeSpec, Settings};
+pub use inventory::{Build, Connection, Database, Health, NodeSpec, Settings};
+pub use migrations::Migrations;
 pub use secrets::{file_name, FileStore, SecretStore, Secrets, REQUIRED as REQUIRED_SECRETS};
 
 use crate::error::Error;

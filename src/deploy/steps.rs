@@ -150,7 +150,8 @@ impl Deploy {
         self.shared.reporter.info(&self.node.name, message);
     }
 
-    /// Docker, compose, free disk, a clean schema, and which color is live.
+    /// Docker, compose, free disk, a clean schema, which color is live, and pending
+    /// migrations that run as written and pass the lint.
     async fn preflight(&mut self) -> anyhow::Result<()> {
         let node = &self.node;
         let docker = node.docker_version().await?;
@@ -182,7 +183,9 @@ impl Deploy {
         } else {
             self.pending = self.shared.migrations.clone();
         }
-        Ok(())
+
+        let in_use = self.schema_version.is_some();
+        crate::lint::check(&self.pending, &node.env.settings.migrations, in_use)
     }
 
     async fn check_free_space(&self) -> anyhow::Result<()> {

@@ -1,11 +1,13 @@
 //! Migrations as a guarded phase (issue 5): a migration queued behind a long transaction
 //! gives up within the lock timeout, the deploy stops before the switch with the old
 //! release serving, the message names the blocker, `migrate status` tells the state, and
-//! `migrate recover` is the explicit way back to a clean schema.
+//! `migrate recover` is the explicit way back to a clean schema. A non-transactional file
+//! runs alone or not at all, and a migration that would break the serving release stops the
+//! deploy before the snapshot until it is acknowledged.
 
 use std::process::{Command, Stdio};
 
-use crate::support::Project;
+use crate::support::{on_node_ok, Project};
 
 /// An open transaction that has read the events table (so it holds a lock that an
 /// `ALTER TABLE` must wait for), for at most a minute.
@@ -115,5 +117,121 @@ fn a_migration_behind_a_long_transaction_fails_fast_and_names_the_blocker() {
         status.contains("version 4; 4 of 4 files applied"),
         "{status}"
     );
+    assert_ne!(project.live_version(0), Some(v1));
+}
+
+/// `version|dirty` as `schema_migrations` holds it.
+fn schema(project: &Project) -> String {
+    project.psql("SELECT version || '|' || dirty FROM schema_migrations")
+}
+
+/// How many snapshots the node holds for this environment.
+fn snapshot_count(project: &Project) -> usize {
+    let listing = on_node_ok(
+        &project.nodes[0],
+        &format!(
+            "ls {}/snapshots/ 2>/dev/null | grep -c '\\.dump$' || true",
+            project.state_dir()
+        ),
+    );
+    listing.trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn a_non_transactional_migration_runs_alone_or_not_at_all() {
+    let project = Project::new("e2e-migrate-notx", 18181, 1);
+    project.commit("v1");
+    project.deploy().assert_code(0);
+    let v1 = project.live_version(0).expect("v1 answers");
+    assert_eq!(schema(&project), "3|false");
+    assert_eq!(
+        snapshot_count(&project),
+        0,
+        "the first deploy had nothing to snapshot"
+    );
+
+    let file = "migrations/000004_index_events.up.sql";
+    project.write(
+        file,
+        "-- slipway:no-transaction\n\
+         CREATE INDEX CONCURRENTLY events_starts_at ON events (starts_at);\n\
+         CREATE INDEX CONCURRENTLY events_name_btree ON events (name);\n",
+    );
+    project.commit("v2: two concurrent index builds in one file");
+    project
+        .deploy()
+        .assert_code(1)
+        .assert_stderr_has("step `preflight` failed")
+        .assert_stderr_has("000004_index_events.up.sql holds 2 statements");
+    assert_eq!(schema(&project), "3|false", "no migration ran");
+    assert_eq!(snapshot_count(&project), 0, "no snapshot was taken");
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+    let indexes = "SELECT count(*) FROM pg_indexes WHERE indexname IN \
+                   ('events_starts_at', 'events_name_btree')";
+    assert_eq!(project.psql(indexes), "0");
+
+    project.write(
+        file,
+        "-- slipway:no-transaction\n\
+         CREATE INDEX CONCURRENTLY events_starts_at ON events (starts_at);\n",
+    );
+    project.write(
+        "migrations/000004_index_events.down.sql",
+        "-- slipway:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS events_starts_at;\n",
+    );
+    project.commit("v2: one concurrent index build");
+    project.deploy().assert_code(0);
+    assert_eq!(schema(&project), "4|false");
+    assert_eq!(
+        project.psql(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'events_starts_at'::regclass"
+        ),
+        "t",
+        "the index exists and is valid"
+    );
+    assert_eq!(
+        snapshot_count(&project),
+        1,
+        "one snapshot, before migrating"
+    );
+    assert_ne!(project.live_version(0), Some(v1));
+}
+
+#[test]
+fn a_breaking_migration_stops_before_the_snapshot_until_acknowledged() {
+    let mut project = Project::new("e2e-migrate-lint", 18182, 1);
+    project.commit("v1");
+    project.deploy().assert_code(0);
+    let v1 = project.live_version(0).expect("v1 answers");
+
+    project.write(
+        "migrations/000004_legacy.up.sql",
+        "-- a column added and dropped again\n\
+         ALTER TABLE events ADD COLUMN legacy text;\n\
+         ALTER TABLE events DROP COLUMN legacy;\n",
+    );
+    project.commit("v2 drops a column");
+    project
+        .deploy()
+        .assert_code(1)
+        .assert_stderr_has("step `preflight` failed")
+        .assert_stderr_has("migrations/000004_legacy.up.sql:3: ban-drop-column")
+        .assert_stderr_has("expand/contract")
+        .assert_stderr_has("\"4\": [ban-drop-column]");
+    assert_eq!(schema(&project), "3|false", "no migration ran");
+    assert_eq!(snapshot_count(&project), 0, "no snapshot was taken");
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+
+    project.set_extra("migrations:\n  acknowledge:\n    \"000004\": [ban-drop-colum]\n");
+    project
+        .deploy()
+        .assert_code(2)
+        .assert_stderr_has("migrations.acknowledge")
+        .assert_stderr_has("`ban-drop-colum` is not a lint rule");
+
+    project.set_extra("migrations:\n  acknowledge:\n    \"000004\": [ban-drop-column]\n");
+    project.deploy().assert_code(0);
+    assert_eq!(schema(&project), "4|false");
+    assert_eq!(snapshot_count(&project), 1);
     assert_ne!(project.live_version(0), Some(v1));
 }
