@@ -4,14 +4,13 @@
 mod cleanup;
 mod recover;
 mod rollback;
+mod rollout;
 mod steps;
 mod undo;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use anyhow::Context;
 
 use crate::config::{Environment, NodeSpec};
 use crate::error::Error;
@@ -26,6 +25,8 @@ use crate::report::Reporter;
 
 pub use recover::{run as recover, RecoverOptions};
 pub use rollback::{run as rollback, RollbackOptions};
+pub use rollout::Rollout;
+use rollout::{Ended, Job};
 
 pub struct Options {
     pub git_ref: String,
@@ -34,6 +35,7 @@ pub struct Options {
     pub allow_dirty: bool,
     /// The commit `git_ref` must resolve to (the one CI tested).
     pub expect_commit: Option<String>,
+    pub rollout: Rollout,
 }
 
 /// What every node's deploy shares.
@@ -65,6 +67,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load(root, env_name)?);
     let playbook = Playbook::load(root, &env.settings.playbook)?;
+    fleet::require_limit(&env, &opts.limit, "deploy")?;
     let specs = fleet::select(&env, &opts.limit)?;
     let renderer = Renderer::new(root);
     let tags = image::infra_tags(root)?;
@@ -131,16 +134,17 @@ pub async fn run(
         reporter: reporter.clone(),
     });
 
-    let mut tasks = tokio::task::JoinSet::new();
-    for (node, lock) in nodes.into_iter().zip(locks) {
-        let shared = shared.clone();
-        tasks.spawn(async move { steps::deploy_node(node, lock, shared).await });
-    }
-    let mut outcomes = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        outcomes.push(done.context("a node's deploy task panicked")?);
-    }
-    conclude(outcomes, &reporter, &shared.release)
+    let jobs = nodes
+        .into_iter()
+        .zip(locks)
+        .map(|(node, lock)| Job {
+            node,
+            lock,
+            shared: shared.clone(),
+        })
+        .collect();
+    let ended = rollout::run(jobs, opts.rollout, &reporter).await?;
+    conclude(ended, &reporter)
 }
 
 /// Refuses, before any node is touched, a deploy whose source is not what the operator
@@ -241,20 +245,21 @@ pub(crate) async fn lock_all(
     Ok(locks)
 }
 
-pub(crate) fn conclude(
-    outcomes: Vec<Outcome>,
-    reporter: &Reporter,
-    release: &Release,
-) -> anyhow::Result<()> {
-    let total = outcomes.len();
+/// Prints each node's last line and turns the results into the run's: the one failure
+/// itself when a single node failed, a count when several did. Skipped nodes were
+/// reported as they were skipped; the summary table lists them.
+pub(crate) fn conclude(ended: Vec<Ended>, reporter: &Reporter) -> anyhow::Result<()> {
+    let total = ended.len();
     let mut failures = Vec::new();
-    for outcome in outcomes {
+    for end in ended {
+        let Ended::Ran { outcome, release } = end else {
+            continue;
+        };
         match outcome.result {
             Ok(()) => reporter.finish(
                 &outcome.node,
                 &format!(
-                    "live: {} ({})",
-                    release.name,
+                    "live: {release} ({})",
                     summary(&outcome.timings, outcome.bytes)
                 ),
             ),
