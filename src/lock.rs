@@ -151,6 +151,11 @@ impl Lock {
         }
     }
 
+    /// The step the holder record names (the one in progress).
+    pub fn step_name(&self) -> &str {
+        &self.holder.step
+    }
+
     /// Removes the holder file while still holding the lock, then lets go.
     pub async fn release(self, node: &Node) -> anyhow::Result<()> {
         let holder = quote(&node.paths.lock_holder());

@@ -200,6 +200,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// Prints an error: one clear line (plus hints) for expected ones, the chain for the rest.
 fn report(err: &anyhow::Error) -> i32 {
+    if let Some(signal) = err.downcast_ref::<deploy::Interrupted>() {
+        eprintln!("error: {signal}");
+        return signal.exit_code();
+    }
     match err.chain().find_map(|c| c.downcast_ref::<Error>()) {
         Some(ours) => {
             eprintln!("{}", redact(&format!("error: {ours}")));

@@ -2,6 +2,7 @@
 //! playbook on each node. A node that fails undoes its own change and says what it did.
 
 mod cleanup;
+mod interrupt;
 mod recover;
 mod rollback;
 mod rollout;
@@ -23,6 +24,7 @@ use crate::playbook::Playbook;
 use crate::render::{self, Images, Renderer};
 use crate::report::Reporter;
 
+pub use interrupt::Interrupted;
 pub use recover::{run as recover, RecoverOptions};
 pub use rollback::{run as rollback, RollbackOptions};
 pub use rollout::Rollout;
@@ -143,8 +145,25 @@ pub async fn run(
             shared: shared.clone(),
         })
         .collect();
+    interrupt::listen()?;
     let ended = rollout::run(jobs, opts.rollout, &reporter).await?;
-    conclude(ended, &reporter)
+    finish(ended, &reporter)
+}
+
+/// [`conclude`], unless a signal stopped the rollout: then that is the run's error.
+pub(crate) fn finish(ended: Vec<Ended>, reporter: &Reporter) -> anyhow::Result<()> {
+    let result = conclude(ended, reporter);
+    let Some(signal) = interrupt::received() else {
+        return result;
+    };
+    if let Err(e) = &result {
+        let ours = e.chain().find_map(|c| c.downcast_ref::<Error>());
+        let hints = ours.map(Error::hints).unwrap_or_default();
+        for line in std::iter::once(format!("error: {e:#}")).chain(hints) {
+            eprintln!("{}", crate::redact::redact(&line));
+        }
+    }
+    Err(signal.into())
 }
 
 /// Refuses, before any node is touched, a deploy whose source is not what the operator

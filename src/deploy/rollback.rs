@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::bail;
 
 use super::rollout::{self, Job, Rollout};
-use super::{conclude, connect_all, lock_all, Shared};
+use super::{connect_all, finish, interrupt, lock_all, Shared};
 use crate::config::Environment;
 use crate::error::Error;
 use crate::history::{self, Record};
@@ -81,8 +81,9 @@ pub async fn run(
         )?);
         jobs.push(Job { node, lock, shared });
     }
+    interrupt::listen()?;
     let ended = rollout::run(jobs, opts.rollout, &reporter).await?;
-    conclude(ended, &reporter)
+    finish(ended, &reporter)
 }
 
 async fn release_all(locks: Vec<Lock>, nodes: &[Node]) {

@@ -57,10 +57,10 @@ pub(crate) async fn run(
     let parallel = rollout.parallel.max(1);
     let mut ended = Vec::new();
 
-    let never = |_: usize| None;
-    let failed = run_phase(canaries, parallel, 0, &never, reporter, &mut ended).await?;
+    let failed = run_phase(canaries, parallel, 0, &interrupted, reporter, &mut ended).await?;
     if failed > 0 {
-        skip_all(rest, "canary failed", reporter, &mut ended).await;
+        let cause = interrupted(failed).unwrap_or_else(|| "canary failed".into());
+        skip_all(rest, &cause, reporter, &mut ended).await;
         return Ok(ended);
     }
 
@@ -68,7 +68,7 @@ pub(crate) async fn run(
         Some(max) if failed > max => {
             Some(format!("more than {max} node(s) failed (--max-fail {max})"))
         }
-        _ => None,
+        _ => interrupted(failed),
     };
     run_phase(rest, parallel, failed, &max_fail, reporter, &mut ended).await?;
     Ok(ended)
@@ -104,6 +104,11 @@ async fn run_phase(
         }
         ended.push(done);
     }
+}
+
+/// A signal stops the rollout: no node starts after it.
+fn interrupted(_failed: usize) -> Option<String> {
+    super::interrupt::received().map(|signal| format!("interrupted by {}", signal.name))
 }
 
 async fn start(job: Job) -> Ended {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{on_node, Project};
+use crate::support::{on_node, on_node_ok, sh_ok, Project, Run};
 
 /// A playbook whose custom node step sleeps, so a deploy holds its lock for a while.
 fn slow_playbook(project: &mut Project, seconds: u32) {
@@ -53,7 +53,7 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
         .assert_stderr_has("started ")
         .assert_stderr_has("@");
 
-    let first = crate::support::Run::from(first.wait_with_output().unwrap());
+    let first = Run::from(first.wait_with_output().unwrap());
     first.assert_code(0);
 }
 
@@ -189,4 +189,61 @@ fn lock_release_refuses_a_live_holder_and_clears_a_record_left_by_sigkill() {
         released.stdout
     );
     assert!(!holder_record_exists(&project), "the record is still there");
+}
+
+/// Containers of the environment's `color` on the node, running or not.
+fn color_containers(project: &Project, color: &str) -> usize {
+    on_node_ok(
+        &project.nodes[0],
+        &format!(
+            "docker ps -aq --filter label=slipway.env={} --filter label=slipway.color={color}",
+            project.env
+        ),
+    )
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .count()
+}
+
+#[test]
+fn sigterm_during_the_health_gate_removes_the_new_color_and_exits_143() {
+    let mut project = Project::new("e2e-sigterm", 18194, 1);
+    project.deploy().assert_code(0);
+    let v1 = project.live_version(0).expect("v1 answers");
+    assert_eq!(color_containers(&project, "green"), 0);
+
+    project.set_app_env("START_DELAY_MS", "60000");
+    project.set_health_timeout(90);
+    project.commit("v2 takes a minute to listen");
+    let second = project.slipway().args(["deploy", &project.env]).spawn();
+    wait_for_step(&project, "health_gate");
+    assert!(
+        color_containers(&project, "green") > 0,
+        "green never started"
+    );
+
+    sh_ok(&format!("kill -TERM {}", second.id()));
+    let run = Run::from(second.wait_with_output().unwrap());
+    run.assert_code(143)
+        .assert_stderr_has("SIGTERM")
+        .assert_stderr_has("the new green color was removed");
+
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        color_containers(&project, "green"),
+        0,
+        "green is still there"
+    );
+    let lock = project
+        .slipway()
+        .args(["lock", "status", &project.env])
+        .run();
+    assert!(lock.stdout.contains("node-1: free"), "{}", lock.stdout);
+    let path = format!("{}/lock.holder", project.state_dir());
+    assert!(
+        !on_node(&project.nodes[0], &format!("test -e {path}"))
+            .status
+            .success(),
+        "the holder record is left behind"
+    );
 }
