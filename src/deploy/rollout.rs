@@ -40,6 +40,33 @@ pub(crate) struct Job {
     pub shared: Arc<Shared>,
 }
 
+/// What the scheduler needs of a node's part: start it, or leave its node alone.
+#[async_trait::async_trait]
+pub(crate) trait Unit: Send + 'static {
+    async fn start(self) -> Ended;
+    /// Lets go of the node without changing it, and reports it skipped for `cause`.
+    async fn skip(self, cause: &str, reporter: &Reporter);
+}
+
+#[async_trait::async_trait]
+impl Unit for Job {
+    async fn start(self) -> Ended {
+        let release = self.shared.release.name.clone();
+        let outcome = steps::deploy_node(self.node, self.lock, self.shared).await;
+        Ended::Ran { outcome, release }
+    }
+
+    async fn skip(self, cause: &str, reporter: &Reporter) {
+        if let Err(e) = self.lock.release(&self.node).await {
+            reporter.info(
+                &self.node.name,
+                &format!("could not release the lock cleanly: {e:#}"),
+            );
+        }
+        reporter.node_skipped(&self.node.name, cause);
+    }
+}
+
 /// How one node's part ended.
 pub(crate) enum Ended {
     Ran { outcome: Outcome, release: String },
@@ -47,12 +74,12 @@ pub(crate) enum Ended {
 }
 
 /// Runs the jobs (given in inventory order) as `rollout` says, and returns how each ended.
-pub(crate) async fn run(
-    jobs: Vec<Job>,
+pub(crate) async fn run<U: Unit>(
+    jobs: Vec<U>,
     rollout: Rollout,
     reporter: &Reporter,
 ) -> anyhow::Result<Vec<Ended>> {
-    let mut rest: VecDeque<Job> = jobs.into();
+    let mut rest: VecDeque<U> = jobs.into();
     let canaries = rest.drain(..rollout.canary.min(rest.len())).collect();
     let parallel = rollout.parallel.max(1);
     let mut ended = Vec::new();
@@ -76,8 +103,8 @@ pub(crate) async fn run(
 
 /// Starts jobs while fewer than `parallel` run and `stop` gives no reason to stop; a
 /// stop skips every job not yet started. Returns the failures counted so far.
-async fn run_phase(
-    mut queue: VecDeque<Job>,
+async fn run_phase<U: Unit>(
+    mut queue: VecDeque<U>,
     parallel: usize,
     mut failed: usize,
     stop: &dyn Fn(usize) -> Option<String>,
@@ -92,7 +119,7 @@ async fn run_phase(
                 break;
             }
             let job = queue.pop_front().expect("checked non-empty");
-            running.spawn(start(job));
+            running.spawn(job.start());
         }
 
         let Some(done) = running.join_next().await else {
@@ -111,27 +138,131 @@ fn interrupted(_failed: usize) -> Option<String> {
     super::interrupt::received().map(|signal| format!("interrupted by {}", signal.name))
 }
 
-async fn start(job: Job) -> Ended {
-    let release = job.shared.release.name.clone();
-    let outcome = steps::deploy_node(job.node, job.lock, job.shared).await;
-    Ended::Ran { outcome, release }
-}
-
-/// Lets go of each job's lock without changing its node, and reports it skipped.
-async fn skip_all(
-    jobs: impl IntoIterator<Item = Job>,
+/// Skips every job given, in order.
+async fn skip_all<U: Unit>(
+    jobs: impl IntoIterator<Item = U>,
     cause: &str,
     reporter: &Reporter,
     ended: &mut Vec<Ended>,
 ) {
     for job in jobs {
-        if let Err(e) = job.lock.release(&job.node).await {
-            reporter.info(
-                &job.node.name,
-                &format!("could not release the lock cleanly: {e:#}"),
-            );
-        }
-        reporter.node_skipped(&job.node.name, cause);
+        job.skip(cause, reporter).await;
         ended.push(Ended::Skipped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// What the fake nodes saw: how many ran at once at most, and which started.
+    #[derive(Default)]
+    struct Seen {
+        running: AtomicUsize,
+        peak: AtomicUsize,
+        started: Mutex<Vec<usize>>,
+        skipped: Mutex<Vec<(usize, String)>>,
+    }
+
+    struct Fake {
+        index: usize,
+        fails: bool,
+        seen: Arc<Seen>,
+    }
+
+    #[async_trait::async_trait]
+    impl Unit for Fake {
+        async fn start(self) -> Ended {
+            self.seen.started.lock().unwrap().push(self.index);
+            let now = self.seen.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.seen.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.seen.running.fetch_sub(1, Ordering::SeqCst);
+
+            let result = match self.fails {
+                true => Err(anyhow::anyhow!("node {} failed", self.index)),
+                false => Ok(()),
+            };
+            let node = self.index.to_string();
+            let outcome = Outcome {
+                node,
+                result,
+                timings: Vec::new(),
+                bytes: 0,
+            };
+            Ended::Ran {
+                outcome,
+                release: "r1".into(),
+            }
+        }
+
+        async fn skip(self, cause: &str, _: &Reporter) {
+            let mut skipped = self.seen.skipped.lock().unwrap();
+            skipped.push((self.index, cause.to_string()));
+        }
+    }
+
+    /// Runs `count` fake nodes, those in `failing` failing, and returns what was seen.
+    async fn roll(count: usize, failing: &[usize], rollout: Rollout) -> Arc<Seen> {
+        let seen = Arc::new(Seen::default());
+        let jobs: Vec<Fake> = (0..count)
+            .map(|index| Fake {
+                index,
+                fails: failing.contains(&index),
+                seen: seen.clone(),
+            })
+            .collect();
+        let ended = run(jobs, rollout, &Reporter::new()).await.unwrap();
+        assert_eq!(ended.len(), count);
+        seen
+    }
+
+    fn rollout(parallel: usize, canary: usize, max_fail: Option<usize>) -> Rollout {
+        Rollout {
+            parallel,
+            canary,
+            max_fail,
+        }
+    }
+
+    #[tokio::test]
+    async fn at_most_parallel_nodes_run_at_once_and_every_node_runs() {
+        let seen = roll(7, &[], rollout(3, 0, None)).await;
+        assert_eq!(seen.peak.load(Ordering::SeqCst), 3);
+        assert_eq!(seen.started.lock().unwrap().len(), 7);
+
+        let serial = roll(4, &[1], rollout(1, 0, None)).await;
+        assert_eq!(serial.peak.load(Ordering::SeqCst), 1);
+        assert_eq!(*serial.started.lock().unwrap(), [0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_canary_skips_the_rest_and_a_good_one_lets_them_run() {
+        let seen = roll(4, &[0], rollout(10, 1, None)).await;
+        assert_eq!(*seen.started.lock().unwrap(), [0]);
+        let skipped = seen.skipped.lock().unwrap();
+        assert_eq!(skipped.len(), 3);
+        assert!(skipped.iter().all(|(_, cause)| cause == "canary failed"));
+
+        let seen = roll(4, &[3], rollout(10, 2, None)).await;
+        assert_eq!(seen.started.lock().unwrap().len(), 4);
+        assert!(seen.skipped.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_node_starts_once_more_than_max_fail_have_failed() {
+        let seen = roll(5, &[0, 1], rollout(1, 0, Some(1))).await;
+        assert_eq!(*seen.started.lock().unwrap(), [0, 1]);
+        let skipped = seen.skipped.lock().unwrap();
+        let indexes: Vec<usize> = skipped.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indexes, [2, 3, 4]);
+        assert!(skipped[0].1.contains("--max-fail 1"), "{}", skipped[0].1);
+
+        let within = roll(5, &[0], rollout(1, 0, Some(1))).await;
+        assert_eq!(within.started.lock().unwrap().len(), 5);
     }
 }
