@@ -244,7 +244,7 @@ mod tests {
     async fn a_failing_canary_skips_the_rest_and_a_good_one_lets_them_run() {
         let seen = roll(4, &[0], rollout(10, 1, None)).await;
         assert_eq!(*seen.started.lock().unwrap(), [0]);
-        let skipped = seen.skipped.lock().unwrap();
+        let skipped = seen.skipped.lock().unwrap().clone();
         assert_eq!(skipped.len(), 3);
         assert!(skipped.iter().all(|(_, cause)| cause == "canary failed"));
 
@@ -257,7 +257,7 @@ mod tests {
     async fn no_node_starts_once_more_than_max_fail_have_failed() {
         let seen = roll(5, &[0, 1], rollout(1, 0, Some(1))).await;
         assert_eq!(*seen.started.lock().unwrap(), [0, 1]);
-        let skipped = seen.skipped.lock().unwrap();
+        let skipped = seen.skipped.lock().unwrap().clone();
         let indexes: Vec<usize> = skipped.iter().map(|(i, _)| *i).collect();
         assert_eq!(indexes, [2, 3, 4]);
         assert!(skipped[0].1.contains("--max-fail 1"), "{}", skipped[0].1);
