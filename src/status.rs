@@ -171,7 +171,7 @@ pub async fn lock_status(env: Arc<Environment>, limit: &[String]) -> anyhow::Res
     let mut any_locked = false;
     for spec in fleet::select(&env, limit)? {
         let line = match fleet::connect(&env, &spec).await {
-            Ok(node) => match lock::status(&node).await {
+            Ok(node) => match lock::inspect(&node).await {
                 Ok(state) if state.locked => {
                     any_locked = true;
                     match state.holder {
@@ -179,6 +179,15 @@ pub async fn lock_status(env: Arc<Environment>, limit: &[String]) -> anyhow::Res
                         None => "locked (no holder file)".into(),
                     }
                 }
+                Ok(lock::LockState {
+                    holder: Some(h), ..
+                }) => format!(
+                    "free, with a holder record left behind by {}; `slipway lock release {} \
+                     --deploy-id {}` clears it",
+                    h.describe(),
+                    env.name,
+                    h.deploy_id
+                ),
                 Ok(_) => "free".into(),
                 Err(e) => format!("unknown: {e:#}"),
             },

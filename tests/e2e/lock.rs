@@ -150,6 +150,17 @@ fn lock_release_refuses_a_live_holder_and_clears_a_record_left_by_sigkill() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(holder_record_exists(&project), "SIGKILL leaves the record");
+    let status = project
+        .slipway()
+        .args(["lock", "status", &project.env])
+        .run();
+    assert!(
+        status
+            .stdout
+            .contains(&format!("lock release {} --deploy-id {id}", project.env)),
+        "{}",
+        status.stdout
+    );
 
     let wrong = project
         .slipway()
