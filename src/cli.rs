@@ -29,6 +29,12 @@ pub enum Command {
     Deploy {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+        /// Print the nodes the selection resolves to (name, address, labels) and exit,
+        /// without connecting to any.
+        #[arg(long)]
+        list_nodes: bool,
         /// Git commit, branch or tag to deploy.
         #[arg(long = "ref", default_value = "HEAD")]
         git_ref: String,
@@ -46,6 +52,12 @@ pub enum Command {
     Rollback {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+        /// Print the nodes the selection resolves to (name, address, labels) and exit,
+        /// without connecting to any.
+        #[arg(long)]
+        list_nodes: bool,
         /// A release from the node's history (see `status`); default: the previous one.
         #[arg(long)]
         to: Option<String>,
@@ -60,6 +72,10 @@ pub enum Command {
     Status {
         #[command(flatten)]
         target: Target,
+        /// Print the nodes the selection resolves to (name, address, labels) and exit,
+        /// without connecting to any.
+        #[arg(long)]
+        list_nodes: bool,
         /// One JSON document instead of a table.
         #[arg(long)]
         json: bool,
@@ -68,8 +84,12 @@ pub enum Command {
     Check {
         #[command(flatten)]
         target: Target,
+        /// Print the nodes the selection resolves to (name, address, labels) and exit,
+        /// without connecting to any.
+        #[arg(long)]
+        list_nodes: bool,
     },
-    /// Inspect the environment's lock.
+    /// Inspect the environment's lock, or clear one its holder left behind.
     Lock {
         #[command(subcommand)]
         command: LockCommand,
@@ -177,13 +197,55 @@ pub enum LockCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Clear the holder record a finished or killed operation left behind. Shows the
+    /// holder first; refuses (exit 3) while a live session still holds the lock.
+    Release {
+        #[command(flatten)]
+        target: Target,
+        /// The deploy id the holder record must show (see `lock status`).
+        #[arg(long, value_name = "ID")]
+        deploy_id: String,
+        /// Go on without asking; without a terminal and without --yes it refuses.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct Target {
     /// Environment name: inventory/<env>.yml.
     pub env: String,
-    /// Only these nodes (comma-separated names).
+    /// Only these nodes: names, globs (`web-*`) and labels (`@toronto`), comma-separated;
+    /// the selection is their union.
     #[arg(long, value_delimiter = ',')]
     pub limit: Vec<String>,
+}
+
+/// How many nodes change at once, and when a rollout stops starting new ones.
+#[derive(Debug, Clone, Args)]
+pub struct RolloutArgs {
+    /// At most this many nodes deploy at the same time.
+    #[arg(long, value_name = "N", default_value_t = 10, conflicts_with = "serial",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// One node at a time (the same as --parallel 1).
+    #[arg(long)]
+    pub serial: bool,
+    /// Deploy this many nodes first, in inventory order; the others start only if every
+    /// one of them succeeded.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: usize,
+    /// Start no further node once more than N nodes have failed.
+    #[arg(long, value_name = "N")]
+    pub max_fail: Option<usize>,
+}
+
+impl RolloutArgs {
+    pub fn rollout(&self) -> crate::deploy::Rollout {
+        crate::deploy::Rollout {
+            parallel: if self.serial { 1 } else { self.parallel.into() },
+            canary: self.canary,
+            max_fail: self.max_fail,
+        }
+    }
 }

@@ -25,6 +25,9 @@ pub enum Kind {
     /// The node failed after its traffic had moved, and traffic is back where it was.
     #[serde(rename = "node.rolled_back")]
     NodeRolledBack,
+    /// The node was left unchanged: a canary failed, or too many nodes had (`cause`).
+    #[serde(rename = "node.skipped")]
+    NodeSkipped,
     #[serde(rename = "step.started")]
     StepStarted,
     #[serde(rename = "step.finished")]
@@ -35,7 +38,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order a run emits them.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::RunStarted,
         Kind::NodeStarted,
         Kind::StepStarted,
@@ -44,6 +47,7 @@ impl Kind {
         Kind::NodeSucceeded,
         Kind::NodeFailed,
         Kind::NodeRolledBack,
+        Kind::NodeSkipped,
         Kind::RunSucceeded,
         Kind::RunFailed,
     ];
@@ -58,6 +62,7 @@ impl Kind {
             Kind::NodeSucceeded => "node.succeeded",
             Kind::NodeFailed => "node.failed",
             Kind::NodeRolledBack => "node.rolled_back",
+            Kind::NodeSkipped => "node.skipped",
             Kind::StepStarted => "step.started",
             Kind::StepFinished => "step.finished",
             Kind::StepFailed => "step.failed",
@@ -167,6 +172,7 @@ impl Event {
             Kind::RunSucceeded | Kind::NodeSucceeded => "succeeded".to_string(),
             Kind::RunFailed | Kind::NodeFailed => "failed".to_string(),
             Kind::NodeRolledBack => "was rolled back".to_string(),
+            Kind::NodeSkipped => "was skipped".to_string(),
             Kind::NodeStarted => "started".to_string(),
             Kind::StepStarted => "step started".to_string(),
             Kind::StepFinished => "step finished".to_string(),

@@ -151,6 +151,11 @@ impl Lock {
         }
     }
 
+    /// The step the holder record names (the one in progress).
+    pub fn step_name(&self) -> &str {
+        &self.holder.step
+    }
+
     /// Removes the holder file while still holding the lock, then lets go.
     pub async fn release(self, node: &Node) -> anyhow::Result<()> {
         let holder = quote(&node.paths.lock_holder());
@@ -168,22 +173,79 @@ pub struct LockState {
 }
 
 pub async fn status(node: &Node) -> anyhow::Result<LockState> {
-    let base = quote(node.paths.base());
-    let lock = quote(&node.paths.lock());
-    let probe = format!("[ -d {base} ] || exit 0; flock -n -E {BUSY} {lock} true");
-    let out = node.run(&probe, Input::None).await?;
-
-    let locked = match out.code {
-        Some(0) => false,
-        Some(BUSY) => true,
-        _ => anyhow::bail!("cannot test the lock: {}", out.tail(3)),
-    };
+    let locked = is_held(node).await?;
     let holder = if locked {
         read_holder(node).await?
     } else {
         None
     };
     Ok(LockState { locked, holder })
+}
+
+/// Like [`status`], but reads the holder record even when the lock is free: a record
+/// without a held lock is what a killed operation (SIGKILL, a lost machine) leaves.
+pub async fn inspect(node: &Node) -> anyhow::Result<LockState> {
+    Ok(LockState {
+        locked: is_held(node).await?,
+        holder: read_holder(node).await?,
+    })
+}
+
+/// Whether a live session holds the flock right now.
+async fn is_held(node: &Node) -> anyhow::Result<bool> {
+    let base = quote(node.paths.base());
+    let lock = quote(&node.paths.lock());
+    let probe = format!("[ -d {base} ] || exit 0; flock -n -E {BUSY} {lock} true");
+    let out = node.run(&probe, Input::None).await?;
+
+    match out.code {
+        Some(0) => Ok(false),
+        Some(BUSY) => Ok(true),
+        _ => anyhow::bail!("cannot test the lock: {}", out.tail(3)),
+    }
+}
+
+/// Removes the holder record of `deploy_id` from a node whose lock is free.
+///
+/// "Holder gone" means the flock is free: the kernel drops it when the holding session's
+/// process or connection dies, so a free flock with a record beside it is a record left
+/// behind. The removal runs while holding the flock and checks the record's deploy id
+/// again, so it cannot race a deploy that takes the lock meanwhile. A lock a live session
+/// still holds is never touched: that is an `Error::Locked` (exit 3).
+pub async fn clear_stale(node: &Node, holder: &Holder) -> anyhow::Result<()> {
+    let needle = format!(
+        "\"deploy_id\": {}",
+        serde_json::to_string(&holder.deploy_id)?
+    );
+    let command = format!(
+        "flock -n -E {BUSY} {lock} sh -c 'grep -qF \"$1\" \"$2\" && rm -f \"$2\"' sh {needle} {file}",
+        lock = quote(&node.paths.lock()),
+        needle = quote(&needle),
+        file = quote(&node.paths.lock_holder()),
+    );
+    let out = node.run(&command, Input::None).await?;
+    match out.code {
+        Some(0) => Ok(()),
+        Some(BUSY) => Err(locked_by(node, holder).into()),
+        _ => anyhow::bail!(
+            "{}: the holder record changed while it was being cleared (another operation took \
+             the lock); run `slipway lock status {}` and look again",
+            node.name,
+            node.env.name
+        ),
+    }
+}
+
+/// The refusal for a lock that a live session holds.
+pub fn locked_by(node: &Node, holder: &Holder) -> Error {
+    Error::Locked {
+        node: node.name.clone(),
+        env: node.env.name.clone(),
+        holder: format!(
+            "{} (its session is alive, so the lock is not released)",
+            holder.describe()
+        ),
+    }
 }
 
 async fn write_holder(node: &Node, holder: &Holder) -> anyhow::Result<()> {

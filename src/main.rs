@@ -6,7 +6,7 @@ use slipway::config::Environment;
 use slipway::error::{exit, exit_code, Error};
 use slipway::redact::redact;
 use slipway::report::Reporter;
-use slipway::{deploy, snapshot_cmd, status, trust};
+use slipway::{deploy, fleet, snapshot_cmd, status, trust};
 
 fn main() {
     mask_panics();
@@ -26,16 +26,41 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Deploy {
             target,
+            list_nodes: true,
+            ..
+        }
+        | Command::Rollback {
+            target,
+            list_nodes: true,
+            ..
+        }
+        | Command::Status {
+            target,
+            list_nodes: true,
+            ..
+        }
+        | Command::Check {
+            target,
+            list_nodes: true,
+        } => {
+            fleet::list(&root, &target.env, &target.limit)?;
+            Ok(exit::OK)
+        }
+        Command::Deploy {
+            target,
+            rollout,
             git_ref,
             allow_dirty,
             expect_commit,
             json,
+            ..
         } => {
             let opts = deploy::Options {
                 git_ref,
                 limit: target.limit,
                 allow_dirty,
                 expect_commit,
+                rollout: rollout.rollout(),
             };
             let reporter = Arc::new(Reporter::new().with_json(json));
             let result = deploy::run(&root, &target.env, &opts, reporter.clone()).await;
@@ -44,21 +69,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Rollback {
             target,
+            rollout,
             to,
             yes,
             json,
+            ..
         } => {
             let opts = deploy::RollbackOptions {
                 limit: target.limit,
                 to,
                 yes,
+                rollout: rollout.rollout(),
             };
             let reporter = Arc::new(Reporter::new().with_json(json));
             let result = deploy::rollback(&root, &target.env, &opts, reporter.clone()).await;
             reporter.end_run(result)?;
             Ok(exit::OK)
         }
-        Command::Status { target, json } => {
+        Command::Status { target, json, .. } => {
             let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
             let rows = status::status(env, &target.limit).await?;
             if json {
@@ -68,7 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::OK)
         }
-        Command::Check { target } => {
+        Command::Check { target, .. } => {
             let env = Arc::new(Environment::load(&root, &target.env)?);
             let failed = status::check(env, &target.limit).await?;
             Ok(if failed == 0 { exit::OK } else { exit::FAILED })
@@ -78,6 +106,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
             status::lock_status(env, &target.limit).await?;
+            Ok(exit::OK)
+        }
+        Command::Lock {
+            command:
+                LockCommand::Release {
+                    target,
+                    deploy_id,
+                    yes,
+                },
+        } => {
+            let env = Arc::new(Environment::load_without_secrets(&root, &target.env)?);
+            status::lock_release(env, &target.limit, &deploy_id, yes).await?;
             Ok(exit::OK)
         }
         Command::Migrate {
@@ -160,6 +200,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// Prints an error: one clear line (plus hints) for expected ones, the chain for the rest.
 fn report(err: &anyhow::Error) -> i32 {
+    if let Some(signal) = err.downcast_ref::<deploy::Interrupted>() {
+        eprintln!("error: {signal}");
+        return signal.exit_code();
+    }
     match err.chain().find_map(|c| c.downcast_ref::<Error>()) {
         Some(ours) => {
             eprintln!("{}", redact(&format!("error: {ours}")));

@@ -236,6 +236,19 @@ impl Reporter {
         });
     }
 
+    /// A node was left unchanged for `cause` (its lock already released): its line says
+    /// so, its summary row is `skipped`, and `node.skipped` goes out.
+    pub fn node_skipped(&self, node: &str, cause: &str) {
+        self.finish(node, &format!("skipped: {cause}"));
+        self.with_run(|reporter, run| {
+            run.summary.skipped(node, cause);
+            reporter.emit(run, Kind::NodeSkipped, |e| {
+                e.node = Some(node.into());
+                e.cause = Some(cause.into());
+            });
+        });
+    }
+
     /// The run ended with `result`: `run.succeeded` or `run.failed` goes out, the summary
     /// table is printed, and the sinks get a bounded time to deliver. A run that reports
     /// success while a selected node did not succeed is turned into a failure.

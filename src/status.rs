@@ -171,7 +171,7 @@ pub async fn lock_status(env: Arc<Environment>, limit: &[String]) -> anyhow::Res
     let mut any_locked = false;
     for spec in fleet::select(&env, limit)? {
         let line = match fleet::connect(&env, &spec).await {
-            Ok(node) => match lock::status(&node).await {
+            Ok(node) => match lock::inspect(&node).await {
                 Ok(state) if state.locked => {
                     any_locked = true;
                     match state.holder {
@@ -179,6 +179,15 @@ pub async fn lock_status(env: Arc<Environment>, limit: &[String]) -> anyhow::Res
                         None => "locked (no holder file)".into(),
                     }
                 }
+                Ok(lock::LockState {
+                    holder: Some(h), ..
+                }) => format!(
+                    "free, with a holder record left behind by {}; `slipway lock release {} \
+                     --deploy-id {}` clears it",
+                    h.describe(),
+                    env.name,
+                    h.deploy_id
+                ),
                 Ok(_) => "free".into(),
                 Err(e) => format!("unknown: {e:#}"),
             },
@@ -187,6 +196,104 @@ pub async fn lock_status(env: Arc<Environment>, limit: &[String]) -> anyhow::Res
         println!("{}: {}", spec.name, crate::redact::redact(&line));
     }
     Ok(any_locked)
+}
+
+/// `lock release`: shows each selected node's lock holder, then, after --yes or a
+/// confirmation on the terminal, clears the holder records of `deploy_id` that a finished
+/// or killed operation left behind. A lock that a live session holds is refused (exit 3),
+/// a record of another deploy id is left alone (exit 2).
+pub async fn lock_release(
+    env: Arc<Environment>,
+    limit: &[String],
+    deploy_id: &str,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let mut stale = Vec::new();
+    let mut refusal: Option<anyhow::Error> = None;
+    for spec in fleet::select(&env, limit)? {
+        let node = fleet::connect(&env, &spec).await?;
+        let state = lock::inspect(&node).await?;
+        let line = match (&state.holder, state.locked) {
+            (None, false) => "free, no holder record: nothing to release".to_string(),
+            (None, true) => "locked by a live session that left no holder record".into(),
+            (Some(h), true) => format!("locked by {} (its session is alive)", h.describe()),
+            (Some(h), false) => format!("free, with a holder record left behind: {}", h.describe()),
+        };
+        println!("{}: {}", spec.name, crate::redact::redact(&line));
+
+        let refused = match state.holder {
+            Some(h) if h.deploy_id != deploy_id => Some(other_deploy(&node, &h, deploy_id)),
+            Some(h) if state.locked => Some(lock::locked_by(&node, &h).into()),
+            Some(h) => {
+                stale.push((node, h));
+                None
+            }
+            None => None,
+        };
+        if refusal.is_none() {
+            refusal = refused;
+        }
+    }
+
+    confirm_release(&stale, yes)?;
+    for (node, holder) in &stale {
+        lock::clear_stale(node, holder).await?;
+        println!(
+            "{}: released (holder record of {} removed)",
+            node.name, holder.deploy_id
+        );
+    }
+    match refusal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn other_deploy(node: &Node, holder: &lock::Holder, deploy_id: &str) -> anyhow::Error {
+    crate::error::Error::config(
+        "--deploy-id",
+        format!(
+            "{}: the lock's holder is {}, not {deploy_id}; it is left alone",
+            node.name, holder.deploy_id
+        ),
+        format!(
+            "check `slipway lock status {}` and pass the deploy id it shows",
+            node.env.name
+        ),
+    )
+    .into()
+}
+
+/// Goes on with --yes, or after a `y` on the terminal; refuses (exit 2) otherwise.
+fn confirm_release(stale: &[(Node, lock::Holder)], yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+
+    if stale.is_empty() || yes {
+        return Ok(());
+    }
+    let names: Vec<&str> = stale.iter().map(|(n, _)| n.name.as_str()).collect();
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(crate::error::Error::config(
+            "--yes",
+            format!(
+                "releasing the lock on {} needs confirmation",
+                names.join(", ")
+            ),
+            "check the holder shown above, then pass --yes",
+        ));
+    }
+    eprint!("release the lock on {}? [y/N] ", names.join(", "));
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        anyhow::bail!(crate::error::Error::config(
+            "the confirmation",
+            "not confirmed; nothing was released",
+            "run it again and answer y",
+        ));
+    }
+    Ok(())
 }
 
 /// `migrate status`: each node's schema version and dirty flag, and which migration files of

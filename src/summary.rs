@@ -15,6 +15,8 @@ pub enum State {
     Unfinished,
     Succeeded,
     Failed,
+    /// Never started on purpose (a canary failed, or too many nodes did); the cause says why.
+    Skipped,
 }
 
 impl State {
@@ -24,6 +26,7 @@ impl State {
             State::Unfinished => "unfinished",
             State::Succeeded => "ok",
             State::Failed => "failed",
+            State::Skipped => "skipped",
         }
     }
 }
@@ -82,16 +85,23 @@ impl Summary {
         took
     }
 
+    /// The node was left alone, for `cause`; it took no time.
+    pub fn skipped(&mut self, node: &str, cause: &str) {
+        let row = self.row(node);
+        row.state = State::Skipped;
+        row.cause = Some(cause.to_string());
+    }
+
     pub fn any_started(&self) -> bool {
         self.rows.iter().any(|r| r.state != State::NotStarted)
     }
 
-    /// Nodes that did not succeed, with what became of them.
-    pub fn not_succeeded(&self) -> Vec<(&str, &'static str)> {
+    /// Nodes that did not succeed, with what became of them (`skipped: canary failed`).
+    pub fn not_succeeded(&self) -> Vec<(&str, String)> {
         self.rows
             .iter()
             .filter(|r| r.state != State::Succeeded)
-            .map(|r| (r.node.as_str(), r.state.label()))
+            .map(|r| (r.node.as_str(), r.outcome()))
             .collect()
     }
 
@@ -177,6 +187,16 @@ impl Summary {
     }
 }
 
+impl Row {
+    /// The result, with the cause when the node was skipped (that is the whole story).
+    fn outcome(&self) -> String {
+        match (self.state, &self.cause) {
+            (State::Skipped, Some(cause)) => format!("skipped: {cause}"),
+            (state, _) => state.label().to_string(),
+        }
+    }
+}
+
 /// The first line of a cause, cut to the table's width.
 fn short(cause: &str) -> String {
     let line = cause.lines().next().unwrap_or_default().trim();
@@ -215,6 +235,26 @@ mod tests {
             "1 of 3 node(s) succeeded; did not succeed: b (failed), c (not started)"
         );
         assert_eq!(summary.not_succeeded().len(), 2);
+    }
+
+    #[test]
+    fn skipped_nodes_show_their_cause_in_the_row_and_the_closing_line() {
+        let mut summary = Summary::new(&nodes(&["a", "b", "c"]));
+        summary.started("a", "r1");
+        summary.finished("a", Some("health_gate: not healthy".into()));
+        summary.skipped("b", "canary failed");
+        summary.skipped("c", "canary failed");
+
+        let text = summary.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].starts_with("b     skipped  -"), "{text}");
+        assert!(lines[2].ends_with("canary failed"), "{text}");
+        assert_eq!(
+            lines[4],
+            "0 of 3 node(s) succeeded; did not succeed: a (failed), b (skipped: canary failed), \
+             c (skipped: canary failed)"
+        );
+        assert!(summary.any_started());
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct Settings {
     pub ssh_keepalive_seconds: u64,
     /// The playbook a deploy runs.
     pub playbook: String,
+    /// `deploy` and `rollback` refuse to run without `--limit`, a guard against changing
+    /// every node of the environment by accident.
+    pub require_limit: bool,
     pub nodes: Vec<NodeSpec>,
     /// Free variables for the templates.
     pub vars: BTreeMap<String, Value>,
@@ -149,6 +152,7 @@ impl Default for Settings {
             snapshot_retention_days: 7,
             snapshot_lock_wait_seconds: 60,
             playbook: "playbooks/deploy.yml".into(),
+            require_limit: false,
             nodes: Vec::new(),
             vars: BTreeMap::new(),
             notify: Vec::new(),

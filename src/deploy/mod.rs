@@ -2,16 +2,16 @@
 //! playbook on each node. A node that fails undoes its own change and says what it did.
 
 mod cleanup;
+mod interrupt;
 mod recover;
 mod rollback;
+mod rollout;
 mod steps;
 mod undo;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use anyhow::Context;
 
 use crate::config::{Environment, NodeSpec};
 use crate::error::Error;
@@ -24,8 +24,11 @@ use crate::playbook::Playbook;
 use crate::render::{self, Images, Renderer};
 use crate::report::Reporter;
 
+pub use interrupt::Interrupted;
 pub use recover::{run as recover, RecoverOptions};
 pub use rollback::{run as rollback, RollbackOptions};
+pub use rollout::Rollout;
+use rollout::{Ended, Job};
 
 pub struct Options {
     pub git_ref: String,
@@ -34,6 +37,7 @@ pub struct Options {
     pub allow_dirty: bool,
     /// The commit `git_ref` must resolve to (the one CI tested).
     pub expect_commit: Option<String>,
+    pub rollout: Rollout,
 }
 
 /// What every node's deploy shares.
@@ -65,6 +69,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load(root, env_name)?);
     let playbook = Playbook::load(root, &env.settings.playbook)?;
+    fleet::require_limit(&env, &opts.limit, "deploy")?;
     let specs = fleet::select(&env, &opts.limit)?;
     let renderer = Renderer::new(root);
     let tags = image::infra_tags(root)?;
@@ -131,16 +136,34 @@ pub async fn run(
         reporter: reporter.clone(),
     });
 
-    let mut tasks = tokio::task::JoinSet::new();
-    for (node, lock) in nodes.into_iter().zip(locks) {
-        let shared = shared.clone();
-        tasks.spawn(async move { steps::deploy_node(node, lock, shared).await });
+    let jobs = nodes
+        .into_iter()
+        .zip(locks)
+        .map(|(node, lock)| Job {
+            node,
+            lock,
+            shared: shared.clone(),
+        })
+        .collect();
+    interrupt::listen()?;
+    let ended = rollout::run(jobs, opts.rollout, &reporter).await?;
+    finish(ended, &reporter)
+}
+
+/// [`conclude`], unless a signal stopped the rollout: then that is the run's error.
+pub(crate) fn finish(ended: Vec<Ended>, reporter: &Reporter) -> anyhow::Result<()> {
+    let result = conclude(ended, reporter);
+    let Some(signal) = interrupt::received() else {
+        return result;
+    };
+    if let Err(e) = &result {
+        let ours = e.chain().find_map(|c| c.downcast_ref::<Error>());
+        let hints = ours.map(Error::hints).unwrap_or_default();
+        for line in std::iter::once(format!("error: {e:#}")).chain(hints) {
+            eprintln!("{}", crate::redact::redact(&line));
+        }
     }
-    let mut outcomes = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        outcomes.push(done.context("a node's deploy task panicked")?);
-    }
-    conclude(outcomes, &reporter, &shared.release)
+    Err(signal.into())
 }
 
 /// Refuses, before any node is touched, a deploy whose source is not what the operator
@@ -241,20 +264,21 @@ pub(crate) async fn lock_all(
     Ok(locks)
 }
 
-pub(crate) fn conclude(
-    outcomes: Vec<Outcome>,
-    reporter: &Reporter,
-    release: &Release,
-) -> anyhow::Result<()> {
-    let total = outcomes.len();
+/// Prints each node's last line and turns the results into the run's: the one failure
+/// itself when a single node failed, a count when several did. Skipped nodes were
+/// reported as they were skipped; the summary table lists them.
+pub(crate) fn conclude(ended: Vec<Ended>, reporter: &Reporter) -> anyhow::Result<()> {
+    let total = ended.len();
     let mut failures = Vec::new();
-    for outcome in outcomes {
+    for end in ended {
+        let Ended::Ran { outcome, release } = end else {
+            continue;
+        };
         match outcome.result {
             Ok(()) => reporter.finish(
                 &outcome.node,
                 &format!(
-                    "live: {} ({})",
-                    release.name,
+                    "live: {release} ({})",
                     summary(&outcome.timings, outcome.bytes)
                 ),
             ),

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
-use super::{conclude, connect_all, lock_all, steps, Shared};
+use super::rollout::{self, Job, Rollout};
+use super::{connect_all, finish, interrupt, lock_all, Shared};
 use crate::config::Environment;
 use crate::error::Error;
 use crate::history::{self, Record};
@@ -26,6 +27,7 @@ pub struct RollbackOptions {
     pub limit: Vec<String>,
     pub to: Option<String>,
     pub yes: bool,
+    pub rollout: Rollout,
 }
 
 /// The steps of a rollback: no build, no shipping, no snapshot, no migration.
@@ -48,6 +50,7 @@ pub async fn run(
     reporter: Arc<Reporter>,
 ) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load(root, env_name)?);
+    fleet::require_limit(&env, &opts.limit, "rollback")?;
     let specs = fleet::select(&env, &opts.limit)?;
     let deploy_id = format!(
         "r-{}-{}",
@@ -68,7 +71,7 @@ pub async fn run(
         }
     };
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut jobs = Vec::new();
     for ((node, lock), plan) in nodes.into_iter().zip(locks).zip(plans) {
         let shared = Arc::new(shared_for(
             &env,
@@ -76,21 +79,11 @@ pub async fn run(
             &deploy_id,
             reporter.clone(),
         )?);
-        tasks.spawn(run_node(node, lock, shared));
+        jobs.push(Job { node, lock, shared });
     }
-    let mut outcomes = Vec::new();
-    let mut release = None;
-    while let Some(done) = tasks.join_next().await {
-        let (outcome, target) = done?;
-        release.get_or_insert(target);
-        outcomes.push(outcome);
-    }
-    conclude(outcomes, &reporter, &release.expect("at least one node"))
-}
-
-async fn run_node(node: Node, lock: Lock, shared: Arc<Shared>) -> (super::Outcome, Release) {
-    let target = shared.release.clone();
-    (steps::deploy_node(node, lock, shared).await, target)
+    interrupt::listen()?;
+    let ended = rollout::run(jobs, opts.rollout, &reporter).await?;
+    finish(ended, &reporter)
 }
 
 async fn release_all(locks: Vec<Lock>, nodes: &[Node]) {

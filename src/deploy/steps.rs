@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::{Outcome, Shared, Timer};
+use super::{interrupt, Outcome, Shared, Timer};
 use crate::config::file_name;
 use crate::health;
 use crate::history::{self, Record};
@@ -64,7 +64,12 @@ pub(super) async fn deploy_node(node: Node, lock: Lock, shared: Arc<Shared>) -> 
     let name = deploy.node.name.clone();
     let reporter = deploy.shared.reporter.clone();
     reporter.node_started(&name, &deploy.shared.release.name);
-    let result = deploy.run_playbook().await;
+    let result = tokio::select! {
+        result = deploy.run_playbook() => result,
+        signal = interrupt::requested() => {
+            Err((deploy.lock.step_name().to_string(), anyhow::Error::new(signal)))
+        }
+    };
     let mut rolled_back = false;
     let result = match result {
         Ok(()) => Ok(()),

@@ -7,6 +7,7 @@ mod support;
 mod cleanup;
 mod deploy;
 mod field_cases;
+mod fleet;
 mod host_keys;
 mod invalid;
 mod load;

@@ -7,9 +7,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The harness environment whose nodes every test shares (`tests/harness/nodes up ci 2`);
+/// The harness environment whose nodes every test shares (`tests/harness/nodes up ci 3`);
 /// `SLIPWAY_HARNESS_ENV` picks other nodes, so two checkouts can test side by side.
-const HARNESS_NODES: usize = 2;
+const HARNESS_NODES: usize = 3;
 
 fn harness_env() -> String {
     std::env::var("SLIPWAY_HARNESS_ENV").unwrap_or_else(|_| "ci".into())

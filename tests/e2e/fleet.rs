@@ -1,0 +1,224 @@
+//! Three nodes at once: `--limit` by name, glob and label, a node that fails its health
+//! check while the others go live, and a failing canary that keeps the others untouched.
+
+use crate::support::{on_node_ok, repo, Project};
+
+/// The three nodes' names and labels, in inventory order.
+const NODES: [(&str, &str); 3] = [
+    ("web-1", "toronto"),
+    ("web-2", "montreal"),
+    ("edge-1", "berlin"),
+];
+
+/// Writes the environment over the first three harness nodes, with labels; the node at
+/// `failing` (if any) runs its app with FAIL_HEALTH=1, a per-node variable no other node
+/// sees. `extra` adds top-level lines.
+fn write_inventory(project: &Project, failing: Option<usize>, extra: &str) {
+    let state = repo().join("tests/harness/.state");
+    let mut text = format!(
+        "known_hosts: {}\nhttp_port: {}\ndrain_seconds: 1\nstop_grace_seconds: 6\nwatch_seconds: 2\n\
+         health:\n  timeout_seconds: 10\n{extra}nodes:\n",
+        state.join("known_hosts").display(),
+        project.http_port,
+    );
+    for (i, ((name, label), node)) in NODES.iter().zip(&project.nodes).enumerate() {
+        text.push_str(&format!(
+            "  - name: {name}\n    address: {}\n    user: root\n    key: {}\n    labels: [{label}]\n",
+            node.address,
+            state.join("id_ed25519").display()
+        ));
+        if failing == Some(i) {
+            text.push_str("    vars:\n      app_env: {FAIL_HEALTH: \"1\"}\n");
+        }
+    }
+    text.push_str("vars:\n  app_env: {}\n");
+    project.write(&format!("inventory/{}.yml", project.env), &text);
+}
+
+fn project(env: &str, port: u16) -> Project {
+    let project = Project::new(env, port, 3);
+    write_inventory(&project, None, "");
+    project
+}
+
+/// The node names `--list-nodes` prints (its first line is a header).
+fn listed(project: &Project, limit: &str) -> Vec<String> {
+    let run = project
+        .slipway()
+        .args(["status", &project.env, "--list-nodes", "--limit", limit])
+        .run();
+    run.assert_code(0);
+    run.stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The summary table's row of a node.
+fn summary_row<'a>(stderr: &'a str, node: &str) -> &'a str {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(&format!("{node} ")) && !l.contains(" | "))
+        .unwrap_or_else(|| panic!("no summary row for {node}:\n{stderr}"))
+}
+
+/// App containers of this environment on a node (any color, running or not).
+fn app_containers(project: &Project, node: usize) -> usize {
+    let ids = on_node_ok(
+        &project.nodes[node],
+        &format!(
+            "docker ps -aq --filter label=slipway.env={} --filter label=slipway.color",
+            project.env
+        ),
+    );
+    ids.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+fn assert_all_locks_free(project: &Project) {
+    let lock = project
+        .slipway()
+        .args(["lock", "status", &project.env])
+        .run();
+    for (name, _) in NODES {
+        assert!(
+            lock.stdout.contains(&format!("{name}: free")),
+            "{}",
+            lock.stdout
+        );
+    }
+}
+
+#[test]
+fn list_nodes_resolves_names_globs_and_labels_without_connecting() {
+    let project = project("e2e-fleet-list", 18190);
+
+    assert_eq!(listed(&project, "web-1,edge-*"), ["web-1", "edge-1"]);
+    assert_eq!(
+        listed(&project, "edge-1,web-*,@montreal"),
+        ["web-1", "web-2", "edge-1"]
+    );
+    assert_eq!(listed(&project, "@montreal,edge-?"), ["web-2", "edge-1"]);
+
+    let run = project
+        .slipway()
+        .args([
+            "deploy",
+            &project.env,
+            "--list-nodes",
+            "--limit",
+            "@toronto",
+        ])
+        .run();
+    run.assert_code(0);
+    let row = run.stdout.lines().nth(1).unwrap_or_default();
+    assert!(row.contains("web-1"), "{}", run.stdout);
+    assert!(row.contains(&project.nodes[0].address), "{}", run.stdout);
+    assert!(row.contains("@toronto"), "{}", run.stdout);
+    assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+
+    let unknown = project
+        .slipway()
+        .args(["deploy", &project.env, "--limit", "web-1,@paris"])
+        .run();
+    unknown
+        .assert_code(2)
+        .assert_stderr_has("`@paris` matched no node")
+        .assert_stderr_has("web-2 (@montreal)")
+        .assert_stderr_has("edge-1 (@berlin)");
+
+    write_inventory(&project, None, "require_limit: true\n");
+    let refused = project.deploy();
+    refused
+        .assert_code(2)
+        .assert_stderr_has("require_limit")
+        .assert_stderr_has("--limit");
+    assert!(
+        !refused.stderr.contains("building"),
+        "refused after a build:\n{}",
+        refused.stderr
+    );
+    for node in 0..3 {
+        assert_eq!(app_containers(&project, node), 0);
+    }
+}
+
+#[test]
+fn a_node_that_fails_its_health_check_leaves_the_others_live_on_the_new_release() {
+    let project = project("e2e-fleet-fail", 18191);
+    project.deploy().assert_code(0);
+    let v1: Vec<String> = (0..3)
+        .map(|i| project.live_version(i).expect("every node serves v1"))
+        .collect();
+    assert!(v1.iter().all(|v| v == &v1[0]), "{v1:?}");
+
+    write_inventory(&project, Some(1), "");
+    project.commit("v2");
+    let run = project.deploy();
+
+    run.assert_code(1).assert_stderr_has("web-2");
+    let failed = summary_row(&run.stderr, "web-2");
+    assert!(failed.contains("failed"), "{failed}");
+    assert!(failed.contains("health_gate"), "{failed}");
+    for node in ["web-1", "edge-1"] {
+        assert!(
+            summary_row(&run.stderr, node).contains(" ok "),
+            "{}",
+            run.stderr
+        );
+    }
+    run.assert_stderr_has("2 of 3 node(s) succeeded; did not succeed: web-2 (failed)");
+
+    let now: Vec<Option<String>> = (0..3).map(|i| project.live_version(i)).collect();
+    let v2 = now[0].clone().expect("web-1 serves");
+    assert_ne!(v2, v1[0], "web-1 still serves the old release");
+    assert_eq!(now[2].as_deref(), Some(v2.as_str()), "edge-1: {now:?}");
+    assert_eq!(now[1].as_deref(), Some(v1[1].as_str()), "web-2: {now:?}");
+    assert_all_locks_free(&project);
+}
+
+#[test]
+fn a_failing_canary_keeps_every_other_node_untouched() {
+    let project = project("e2e-fleet-canary", 18192);
+    write_inventory(&project, Some(0), "");
+
+    let run = project
+        .slipway()
+        .args(["deploy", &project.env, "--canary", "1", "--json"])
+        .run();
+
+    run.assert_code(1).assert_stderr_has("health_gate");
+    assert!(summary_row(&run.stderr, "web-1").contains("failed"));
+    for node in ["web-2", "edge-1"] {
+        let row = summary_row(&run.stderr, node);
+        assert!(
+            row.contains("skipped") && row.contains("canary failed"),
+            "{row}"
+        );
+    }
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
+        .collect();
+    let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
+    assert_eq!(count("node.started"), 1, "{}", run.stdout);
+    assert_eq!(count("node.failed"), 1);
+    assert_eq!(count("node.skipped"), 2);
+
+    for node in 1..3 {
+        assert_eq!(project.live_version(node), None, "node {node} was deployed");
+        assert_eq!(
+            app_containers(&project, node),
+            0,
+            "node {node} has app containers"
+        );
+    }
+    assert_eq!(
+        app_containers(&project, 0),
+        0,
+        "the failed canary's color is still there"
+    );
+    assert_all_locks_free(&project);
+}
