@@ -226,7 +226,7 @@ fn check_permissions(root: &Path, path: &Path, file: &str) -> Result<(), Error> 
 /// quotes) comes back as the marker where the `$` was, an escaped one (`\$`) no longer
 /// parses, and an expanded one changes the value in any other way.
 fn refuse_expansions(text: &str, entries: &[(String, String)], file: &str) -> Result<(), Error> {
-    let marker = marker(text);
+    let marker = marker(text, file)?;
     for (at, _) in text.match_indices('$') {
         let mut probe = text.to_string();
         probe.replace_range(at..at + 1, marker.encode_utf8(&mut [0; 4]));
@@ -246,11 +246,18 @@ fn refuse_expansions(text: &str, entries: &[(String, String)], file: &str) -> Re
     Ok(())
 }
 
-/// A character the text does not hold, which dotenvy treats as plain text.
-fn marker(text: &str) -> char {
+/// A private-use character the text does not hold, which dotenvy treats as plain text.
+fn marker(text: &str, file: &str) -> Result<char, Error> {
     ('\u{E000}'..='\u{F8FF}')
+        .chain('\u{F0000}'..='\u{10FFFD}')
         .find(|c| !text.contains(*c))
-        .expect("a secrets file does not hold every private-use character")
+        .ok_or_else(|| {
+            Error::config(
+                file,
+                "the file holds every private-use Unicode character",
+                "a secrets file holds NAME=value lines; remove what is not one",
+            )
+        })
 }
 
 /// The name of the first entry whose value differs between the two parses other than by
