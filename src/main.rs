@@ -9,7 +9,7 @@ use slipway::report::Reporter;
 use slipway::{deploy, fleet, snapshot_cmd, status, trust};
 
 fn main() {
-    mask_panics();
+    slipway::redact::mask_panics();
     let cli = Cli::parse();
     init_logging(cli.verbose);
 
@@ -219,20 +219,6 @@ fn report(err: &anyhow::Error) -> i32 {
         }
     }
     exit_code(err)
-}
-
-/// A panic's report goes through the same masking as everything else slipway prints.
-fn mask_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        let backtrace = std::backtrace::Backtrace::capture();
-        eprintln!(
-            "{}",
-            redact(&format!(
-                "slipway stopped on an internal error (a bug; the lock is freed when the \
-                 process exits): {info}\n{backtrace}"
-            ))
-        );
-    }));
 }
 
 fn init_logging(verbose: u8) {

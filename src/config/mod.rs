@@ -42,9 +42,11 @@ impl Environment {
         })
     }
 
-    /// Loads only the inventory, for commands that never need secret values.
+    /// Loads only the inventory, for commands that never need secret values. The secrets
+    /// file's values are still masked in what the command prints, when it can be read.
     pub fn load_without_secrets(root: &Path, name: &str) -> Result<Self, Error> {
         check_env_name(name)?;
+        FileStore::mask_values(root, &secrets_file(name));
 
         Ok(Environment {
             name: name.to_string(),

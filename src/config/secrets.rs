@@ -13,6 +13,10 @@ use std::path::Path;
 use crate::error::Error;
 use crate::redact;
 
+/// How to write any value so that it arrives byte for byte.
+const QUOTING: &str =
+    "write the value in double quotes, with `\\` as `\\\\`, `\"` as `\\\"` and `$` as `\\$`";
+
 /// Secrets every deploy needs.
 pub const REQUIRED: &[&str] = &["DB_PASSWORD"];
 
@@ -35,36 +39,52 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Reads the file: it must exist, be private to its owner, and parse.
+    /// Reads the file: it must exist, be private to its owner, parse, and hold no `$` that
+    /// the format would expand.
     pub fn open(root: &Path, file: &str) -> Result<Self, Error> {
         let path = root.join(file);
         check_permissions(root, &path, file)?;
 
-        refuse_expansions(&path, file)?;
-        let entries = dotenvy::from_path_iter(&path).map_err(|e| {
-            Error::config(
-                file,
-                format!("cannot read: {}", describe(&e, &path)),
-                "fix the file",
-            )
-        })?;
-        let mut values = BTreeMap::new();
-        for entry in entries {
-            let (name, value) = entry.map_err(|e| {
-                Error::config(
-                    file,
-                    describe(&e, &path),
-                    "write each secret as NAME='value' (in double quotes, write \\$ and \\\" for $ and \")",
-                )
-            })?;
-            redact::register(&value);
-            values.insert(name, value);
-        }
+        let text = read(&path, file)?;
+        let entries =
+            parse(&text).map_err(|e| Error::config(file, describe(&e, &text), QUOTING))?;
+        entries
+            .iter()
+            .for_each(|(_, value)| redact::register(value));
+        refuse_expansions(&text, &entries, file)?;
+
         Ok(FileStore {
             file: file.to_string(),
-            values,
+            values: entries.into_iter().collect(),
         })
     }
+
+    /// Registers for masking every value the file holds, when it can be read at all: for
+    /// commands that never need a secret but relay text that may hold one. Nothing else is
+    /// checked, and a missing or broken file is no error here.
+    pub fn mask_values(root: &Path, file: &str) {
+        let Ok(text) = std::fs::read_to_string(root.join(file)) else {
+            return;
+        };
+        for (_, value) in dotenvy::from_read_iter(text.as_bytes()).map_while(Result::ok) {
+            redact::register(&value);
+        }
+    }
+}
+
+fn read(path: &Path, file: &str) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::config(
+            file,
+            format!("cannot read the secrets file: {e}"),
+            "make it a UTF-8 text file of NAME=value lines",
+        )
+    })
+}
+
+/// Every `(name, value)` of a `.env` text, as dotenvy reads it.
+fn parse(text: &str) -> Result<Vec<(String, String)>, dotenvy::Error> {
+    dotenvy::from_read_iter(text.as_bytes()).collect()
 }
 
 impl SecretStore for FileStore {
@@ -199,60 +219,65 @@ fn check_permissions(root: &Path, path: &Path, file: &str) -> Result<(), Error> 
     Ok(())
 }
 
-/// A `$` outside single quotes is expanded by the `.env` format (`$HOME`, `${X}`), so a
-/// secret holding one would silently arrive changed: refuse it, naming the line, unless
-/// it is escaped as `\$`.
-fn refuse_expansions(path: &Path, file: &str) -> Result<(), Error> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    for (n, line) in text.lines().enumerate() {
-        if let Some(name) = expanding_assignment(line) {
+/// dotenvy expands a `$` outside single quotes (`$HOME`, `${X}`) and has no switch to turn
+/// that off, so a secret holding one would silently arrive changed: refuse it, naming the
+/// line. To tell an expanded `$` from a literal one without a second parser, each `$` in
+/// turn is swapped for a marker character and the text parsed again: a literal `$` (single
+/// quotes) comes back as the marker where the `$` was, an escaped one (`\$`) no longer
+/// parses, and an expanded one changes the value in any other way.
+fn refuse_expansions(text: &str, entries: &[(String, String)], file: &str) -> Result<(), Error> {
+    let marker = marker(text, file)?;
+    for (at, _) in text.match_indices('$') {
+        let mut probe = text.to_string();
+        probe.replace_range(at..at + 1, marker.encode_utf8(&mut [0; 4]));
+        let Ok(probed) = parse(&probe) else {
+            continue;
+        };
+
+        if let Some(name) = expanded_entry(entries, &probed, marker) {
+            let line = text[..at].matches('\n').count() + 1;
             return Err(Error::config(
                 file,
-                format!(
-                    "line {}: the value of `{name}` holds a `$` that would be expanded",
-                    n + 1
-                ),
-                "wrap the value in single quotes, or write the `$` as `\\$`",
+                format!("line {line}: the value of `{name}` holds a `$` that would be expanded"),
+                QUOTING,
             ));
         }
     }
     Ok(())
 }
 
-/// The name assigned on `line` when its value holds an unescaped `$` outside single quotes.
-fn expanding_assignment(line: &str) -> Option<&str> {
-    let line = line.trim_start();
-    let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
-    let (name, value) = line.split_once('=')?;
-    let name = name.trim();
-    let is_name = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-    let value = value.trim_start();
-    if !is_name || name.starts_with('#') || value.starts_with('\'') {
-        return None;
-    }
+/// A private-use character the text does not hold, which dotenvy treats as plain text.
+fn marker(text: &str, file: &str) -> Result<char, Error> {
+    ('\u{E000}'..='\u{F8FF}')
+        .chain('\u{F0000}'..='\u{10FFFD}')
+        .find(|c| !text.contains(*c))
+        .ok_or_else(|| {
+            Error::config(
+                file,
+                "the file holds every private-use Unicode character",
+                "a secrets file holds NAME=value lines; remove what is not one",
+            )
+        })
+}
 
-    let quoted = value.starts_with('"');
-    let (mut escaped, mut after_space) = (false, false);
-    for c in value.chars() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            '$' if !escaped => return Some(name),
-            '#' if !quoted && after_space => return None,
-            _ => escaped = false,
-        }
-        after_space = c.is_whitespace();
-    }
-    None
+/// The name of the first entry whose value differs between the two parses other than by
+/// `marker` standing where a `$` stood.
+fn expanded_entry<'a>(
+    entries: &'a [(String, String)],
+    probed: &[(String, String)],
+    marker: char,
+) -> Option<&'a str> {
+    entries
+        .iter()
+        .zip(probed)
+        .find(|((_, value), (_, probe))| probe.replace(marker, "$") != *value)
+        .map(|((name, _), _)| name.as_str())
 }
 
 /// dotenvy's messages quote the line, which may hold a secret: give its number instead.
-fn describe(err: &dotenvy::Error, path: &Path) -> String {
+fn describe(err: &dotenvy::Error, text: &str) -> String {
     match err {
         dotenvy::Error::LineParse(line, index) => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
             let first = line.lines().next().unwrap_or_default();
             match text
                 .lines()
@@ -303,25 +328,39 @@ mod tests {
 
     #[test]
     fn a_dollar_that_would_be_expanded_is_refused_by_line() {
-        for text in [
-            "DB_PASSWORD=ok\nAPI_KEY=SNTL-a$b\n",
-            "DB_PASSWORD=ok\nAPI_KEY=\"SNTL-${HOME}\"\n",
-            "DB_PASSWORD=ok\nAPI_KEY=SNTL-a#b$c\n",
+        for (text, line) in [
+            ("DB_PASSWORD=ok\nAPI_KEY=SNTL-a$b\n", 2),
+            ("DB_PASSWORD=ok\nAPI_KEY=\"SNTL-${HOME}\"\n", 2),
+            ("DB_PASSWORD=ok\nAPI_KEY=SNTL-a#b$c\n", 2),
+            ("DB_PASSWORD=ok\nAPI_KEY='SNTL-lit'$HOME\n", 2),
+            ("DB_PASSWORD=ok\nAPI_KEY=\"SNTL-a\nb $c d\"\n", 3),
+            ("DB_PASSWORD=ok\nAPI_KEY=\"SNTL-a\nb ${c}\"\n", 3),
+            ("DB_PASSWORD=ok\nAPI_KEY=\"SNTL-a\\\\$b-c\"\n", 2),
+            ("DB_PASSWORD=ok\n\nAPI_KEY=SNTL-a$\n", 3),
+            ("DB_PASSWORD=ok\nAPI_KEY=SNTL-a$&b\n", 2),
         ] {
             let err = store_of(text).err().expect("the file is refused");
-            let text = format!("{err} {}", err.hints().join(" "));
+            let shown = format!("{err} {}", err.hints().join(" "));
             assert!(
-                text.contains("line 2") && text.contains("API_KEY"),
-                "{text}"
+                shown.contains(&format!("line {line}:")) && shown.contains("API_KEY"),
+                "{text:?}: {shown}"
             );
-            assert!(!text.contains("SNTL-"), "{text}");
+            assert!(!shown.contains("SNTL-"), "{shown}");
         }
-        for fine in [
-            "API_KEY='a$b'\n",
-            "API_KEY=\"a\\$b\"\n",
-            "API_KEY=plain # a comment with $HOME\n",
+    }
+
+    #[test]
+    fn a_literal_or_escaped_dollar_is_kept() {
+        for (text, value) in [
+            ("API_KEY='a$b'\n", "a$b"),
+            ("API_KEY=\"a\\$b\"\n", "a$b"),
+            ("API_KEY=a\\$b\n", "a$b"),
+            ("API_KEY=plain # a comment with $HOME\n", "plain"),
+            ("# $HOME\nAPI_KEY=\"x\ny \\$z\"\n", "x\ny $z"),
+            ("API_KEY='it'\\''s $5'\n", "it's $5"),
         ] {
-            assert!(store_of(fine).is_ok(), "{fine}");
+            let store = store_of(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(store.get("API_KEY").unwrap().as_deref(), Some(value));
         }
     }
 

@@ -76,6 +76,62 @@ fn each_kind_of_invalid_input_is_refused_before_any_node_is_touched() {
         run.stderr
     );
 
+    // A `$` the `.env` format would expand: after a closing quote, and on a later line of
+    // a multi-line value. Both `deploy` and `secrets check` name the line, never the value.
+    for (text, line) in [
+        ("DB_PASSWORD=fine\nAPI_KEY='SNTL-lit'$HOME\n", "line 2:"),
+        (
+            "DB_PASSWORD=fine\n\nAPI_KEY=\"SNTL-first\nSNTL-then $PATH here\"\n",
+            "line 4:",
+        ),
+    ] {
+        project.write_secrets(text);
+        refused(&project, &[&secrets, line, "`API_KEY`", "`$` as `\\$`"]);
+        let check = project
+            .slipway()
+            .args(["secrets", "check", &project.env])
+            .run();
+        check.assert_code(2).assert_stderr_has(line);
+        for run in [&project.deploy(), &check] {
+            let printed = format!("{}{}", run.stdout, run.stderr);
+            assert!(!printed.contains("SNTL-"), "a value is shown:\n{printed}");
+        }
+    }
+
+    // `secrets check`: a missing secret is named (exit 2), an unused one is listed; no value.
+    project.write_secrets("DB_PASSWORD=SNTL-db-value\nOLD_TOKEN=SNTL-old-value\n");
+    let check = project
+        .slipway()
+        .args(["secrets", "check", &project.env])
+        .run();
+    check
+        .assert_code(2)
+        .assert_stderr_has("missing secret(s): API_KEY")
+        .assert_stderr_has(&secrets);
+    let rows: Vec<Vec<&str>> = check
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for (name, state) in [
+        ("API_KEY", "missing"),
+        ("DB_PASSWORD", "ok"),
+        ("OLD_TOKEN", "unused"),
+    ] {
+        assert!(
+            rows.iter()
+                .any(|r| r.len() >= 2 && r[0] == name && r[1] == state),
+            "{name} is not {state}:\n{}",
+            check.stdout
+        );
+    }
+    assert!(
+        !format!("{}{}", check.stdout, check.stderr).contains("SNTL-"),
+        "a value is shown:\n{}{}",
+        check.stdout,
+        check.stderr
+    );
+
     project.write_secrets("DB_PASSWORD=e2e-db-password-1\n");
     refused(
         &project,

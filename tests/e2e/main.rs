@@ -15,6 +15,7 @@ mod local;
 mod lock;
 mod migrations;
 mod notifications;
+mod receiver;
 mod rollback;
 mod secrets;
 mod snapshot_commands;

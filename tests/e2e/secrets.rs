@@ -4,7 +4,10 @@
 //! URL-encoded forms must appear in nothing slipway printed, in no `docker inspect` of the
 //! environment's containers (one-off and stopped ones included), in no `docker history` of
 //! the images, and in no process's command line on the node or this machine while the
-//! snapshot runs. The app must still receive it byte for byte.
+//! snapshot runs. The app must still receive it byte for byte. So that the search can
+//! fail, one deploy's custom steps print the secret files (as they are, in base64, URL- and
+//! JSON-encoded) for slipway to relay to its output, `--json` events and notification
+//! sinks: each must arrive there as `***`.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::receiver::{Answer, Receiver};
 use crate::support::{http_get, on_node, on_node_ok, sh_ok, HarnessNode, Project, Run};
 
 const SENTINEL: &str = "SNTL-7q$P&x 'y\"z;#*";
@@ -49,16 +53,31 @@ fn url_encode(value: &str) -> String {
         .collect()
 }
 
+/// The sentinel inside a JSON string, as serde writes it and as Go (Docker) does.
+fn json_escaped() -> (String, String) {
+    let serde = serde_json::to_string(SENTINEL).unwrap();
+    let serde = serde[1..serde.len() - 1].to_string();
+    let go = serde.replace('&', "\\u0026");
+    (serde, go)
+}
+
 /// Every form of the sentinel that must never show.
 fn forms() -> Vec<(&'static str, String)> {
     let engines = base64::engine::general_purpose::STANDARD;
     let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (json, go_json) = json_escaped();
     vec![
         ("plain", SENTINEL.to_string()),
         ("base64", engines.encode(SENTINEL)),
         ("base64url", url_safe.encode(SENTINEL)),
         ("url-encoded", url_encode(SENTINEL)),
+        (
+            "url-encoded, lowercase",
+            url_encode(SENTINEL).to_lowercase(),
+        ),
         ("form-encoded", url_encode(SENTINEL).replace("%20", "+")),
+        ("json-escaped", json),
+        ("go-json-escaped", go_json),
     ]
 }
 
@@ -97,8 +116,13 @@ impl Printed {
     }
 }
 
+/// Runs slipway at the highest verbosity, keeping what it printed.
 fn slipway(project: &Project, printed: &mut Printed, args: &[&str]) -> Run {
-    let mut all = vec!["-vv"];
+    slipway_at(project, printed, "-vv", args)
+}
+
+fn slipway_at(project: &Project, printed: &mut Printed, verbosity: &str, args: &[&str]) -> Run {
+    let mut all = vec![verbosity];
     all.extend_from_slice(args);
     let run = project.slipway().args(all.iter().copied()).run();
     printed.keep(&args.join(" "), &run);
@@ -373,6 +397,144 @@ fn injected_failures(project: &mut Project, printed: &mut Printed, live: &str) {
     );
 }
 
+/// Shell that URL-encodes a file's bytes (`enc <printf format for the hex> <file>`).
+const ENC: &str =
+    "enc() { od -An -v -tu1 \"$2\" | awk -v fmt=\"$1\" '{ for (i = 1; i <= NF; i++) { \
+c = $i; if ((c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 \
+|| c == 46 || c == 95 || c == 126) printf \"%c\", c; else printf fmt, c } }'; }";
+
+/// A playbook whose custom steps print the secret files: `relay` every form on stdout (one
+/// a line, which slipway relays as info lines), `leak` four forms on one stderr line before
+/// it fails (which becomes the failed step's cause in events and payloads).
+fn relay_playbook() -> String {
+    let relay = format!(
+        "{ENC}\n\
+         for f in /run/secrets/api_key /run/secrets/db_password; do\n\
+         \x20 cat \"$f\"; echo\n\
+         \x20 base64 -w0 \"$f\"; echo\n\
+         \x20 base64 -w0 \"$f\" | tr '+/' '-_' | tr -d =; echo\n\
+         \x20 enc %%%02X \"$f\"; echo\n\
+         \x20 enc %%%02x \"$f\"; echo\n\
+         \x20 enc %%%02X \"$f\" | sed 's/%20/+/g'; echo\n\
+         \x20 sed 's/\\\\/\\\\\\\\/g; s/\"/\\\\\"/g' \"$f\"; echo\n\
+         done\n"
+    );
+    let leak = format!(
+        "{ENC}\n\
+         f=/run/secrets/api_key\n\
+         echo \"leaked: $(cat $f) $(base64 -w0 $f) $(enc %%%02X $f) $(enc %%%02x $f)\" >&2\n\
+         exit 3\n"
+    );
+    let block = |text: &str| {
+        text.lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "steps:\n\
+         \x20 - preflight\n  - ship_images\n  - upload_bundle\n  - ensure_infra\n  - snapshot\n\
+         \x20 - migrate\n  - start_color\n\
+         \x20 - run:\n      name: relay\n      in: app\n      command: |\n{}\
+         \x20 - run:\n      name: leak\n      in: app\n      command: |\n{}\
+         \x20 - health_gate\n  - switch\n  - verify\n  - drain\n  - record\n",
+        block(&relay),
+        block(&leak)
+    )
+}
+
+/// Every string of a JSON document, unescaped, one a line.
+fn strings_of(json: &str) -> String {
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    let mut text = String::new();
+    json_strings(&value, &mut text);
+    text
+}
+
+/// A deploy that relays the secrets, at `-v` with `--json` and two notification sinks: the
+/// mask must stand where each form was, and no form may show in any stream or payload.
+fn relayed_secrets(project: &mut Project, printed: &mut Printed, live: &str) {
+    let hook = Receiver::start(18126, Answer::Statuses(&[]));
+    let ntfy = Receiver::start(18127, Answer::Statuses(&[]));
+    project.write("playbooks/relay.yml", &relay_playbook());
+    project.set_extra(&format!(
+        "playbook: playbooks/relay.yml\nnotify:\n\
+         \x20 - {{kind: webhook, url: '{}'}}\n\
+         \x20 - {{kind: ntfy, url: '{}'}}\n",
+        hook.url("/hook"),
+        ntfy.url("/deploys"),
+    ));
+    project.commit("custom steps that print the secrets");
+
+    let run = slipway_at(project, printed, "-v", &["deploy", &project.env, "--json"]);
+    assert_eq!(
+        run.code, 1,
+        "the leak step fails the deploy\n{}",
+        run.stderr
+    );
+    assert_eq!(project.live_version(0).as_deref(), Some(live));
+
+    let relayed: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("| relay: "))
+        .collect();
+    assert_eq!(relayed.len(), 14, "two files, seven forms:\n{}", run.stderr);
+    for line in &relayed {
+        assert!(line.ends_with("| relay: ***"), "not masked whole: {line}");
+    }
+
+    let masked = "leaked: *** *** *** ***";
+    let events: Vec<&str> = run.stdout.lines().collect();
+    let failed = events
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "step.failed" && e["step"] == "leak")
+        .unwrap_or_else(|| panic!("no step.failed for leak:\n{}", run.stdout));
+    let cause = failed["cause"].as_str().unwrap_or_default();
+    assert!(cause.contains(masked), "{cause}");
+    for event in &events {
+        assert_clean("a --json event", &strings_of(event));
+    }
+
+    let payloads = hook.requests();
+    let node_failed = payloads
+        .iter()
+        .map(|r| r.json())
+        .find(|p| p["event"] == "node.failed")
+        .unwrap_or_else(|| panic!("no node.failed payload: {payloads:?}"));
+    assert!(
+        node_failed["cause"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(masked),
+        "{node_failed}"
+    );
+    for request in &payloads {
+        assert_clean(
+            "a webhook request",
+            &format!("{:?}\n{}", request.headers, request.body),
+        );
+        assert_clean("a webhook payload", &strings_of(&request.body));
+    }
+
+    let messages = ntfy.requests();
+    assert!(
+        messages.iter().any(|m| m.body.contains(masked)),
+        "no ntfy message holds the masked cause: {messages:?}"
+    );
+    for message in &messages {
+        assert_clean(
+            "an ntfy message",
+            &format!("{:?}\n{}", message.headers, message.body),
+        );
+    }
+
+    let status = slipway_at(project, printed, "-v", &["status", &project.env, "--json"]);
+    status.assert_code(0);
+    assert_clean("status --json", &strings_of(&status.stdout));
+}
+
 #[test]
 fn a_sentinel_secret_never_leaks_and_arrives_byte_for_byte() {
     let mut project = Project::new("e2e-secrets", 18123, 1);
@@ -443,6 +605,7 @@ fn a_sentinel_secret_never_leaks_and_arrives_byte_for_byte() {
     .assert_code(0);
 
     injected_failures(&mut project, &mut printed, &v2);
+    relayed_secrets(&mut project, &mut printed, &v2);
     start_one_off(&project);
 
     printed.assert_clean();
