@@ -358,6 +358,7 @@ fn validate(settings: &Settings, file: &str) -> Result<(), Error> {
             "keep the live release and the one before it, so a rollback is always possible",
         ));
     }
+    validate_stop_grace(settings.stop_grace_seconds, file)?;
     if !settings.health.path.starts_with('/') {
         return Err(Error::config(
             file,
@@ -370,6 +371,25 @@ fn validate(settings: &Settings, file: &str) -> Result<(), Error> {
     }
     crate::notify::validate(&settings.notify, file)?;
     Ok(())
+}
+
+/// The app gets `stop_grace_seconds - 2` seconds to finish its requests after SIGTERM
+/// (templates/app.env.j2), Docker the 2 s left to see it exit: below 3 the app would have
+/// no grace at all, or a negative one.
+const MIN_STOP_GRACE_SECONDS: u64 = 3;
+
+fn validate_stop_grace(seconds: u64, file: &str) -> Result<(), Error> {
+    if seconds >= MIN_STOP_GRACE_SECONDS {
+        return Ok(());
+    }
+    Err(Error::config(
+        file,
+        format!(
+            "key `stop_grace_seconds` must be at least {MIN_STOP_GRACE_SECONDS} (got {seconds}): \
+             the app's shutdown grace is 2 s less"
+        ),
+        "raise `stop_grace_seconds` to the longest request the app serves plus 2 s",
+    ))
 }
 
 fn validate_node(node: &NodeSpec, file: &str) -> Result<(), Error> {
@@ -473,6 +493,16 @@ mod tests {
         let merged: Value = merge(base, over);
         let expected: Value = serde_yaml::from_str("a: 1\nvars: {x: 1, y: 3}").unwrap();
         assert_eq!(merged, expected);
+    }
+
+    #[test]
+    fn stop_grace_below_three_seconds_is_refused_by_name() {
+        for seconds in [0, 1, 2] {
+            let err = validate_stop_grace(seconds, "inventory/x.yml").unwrap_err();
+            assert_eq!(err.exit_code(), crate::error::exit::INVALID);
+            assert!(err.to_string().contains("`stop_grace_seconds`"), "{err}");
+        }
+        assert!(validate_stop_grace(3, "inventory/x.yml").is_ok());
     }
 
     #[test]

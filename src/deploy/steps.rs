@@ -404,6 +404,13 @@ impl Deploy {
             .sh(&up)
             .await
             .with_context(|| format!("starting the {color} color"))?;
+        if self.shared.action == "rollback" {
+            let release = &self.shared.release.name;
+            self.info(&format!(
+                "no kept container of {release}: started the {color} color from the kept image \
+                 of {release}"
+            ));
+        }
         Ok(())
     }
 

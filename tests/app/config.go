@@ -20,6 +20,7 @@ type config struct {
 	DBSSLMode     string
 	FailHealth    bool
 	FailAfter     time.Duration // zero: never
+	FailFile      string        // health fails while this file exists; empty: never
 	StartDelay    time.Duration
 	IgnoreSIGTERM bool
 	ShutdownGrace time.Duration
@@ -46,6 +47,7 @@ func loadConfig() (config, error) {
 		cfg.DBPassword = strings.TrimRight(string(raw), "\r\n")
 	}
 	cfg.FailHealth = os.Getenv("FAIL_HEALTH") == "1"
+	cfg.FailFile = os.Getenv("FAIL_HEALTH_FILE")
 	cfg.IgnoreSIGTERM = os.Getenv("IGNORE_SIGTERM") == "1"
 	if cfg.FailAfter, err = envMillis("FAIL_HEALTH_AFTER_MS", 0); err != nil {
 		return cfg, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/lib/pq"
@@ -51,10 +52,16 @@ func (a *app) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, code, rep)
 }
 
-// injectedFailure reports the test knobs FAIL_HEALTH and FAIL_HEALTH_AFTER_MS.
+// injectedFailure reports the test knobs FAIL_HEALTH, FAIL_HEALTH_FILE and
+// FAIL_HEALTH_AFTER_MS.
 func (a *app) injectedFailure() string {
 	if a.cfg.FailHealth {
 		return "FAIL_HEALTH=1"
+	}
+	if a.cfg.FailFile != "" {
+		if _, err := os.Stat(a.cfg.FailFile); err == nil {
+			return fmt.Sprintf("FAIL_HEALTH_FILE %s exists", a.cfg.FailFile)
+		}
 	}
 	if a.cfg.FailAfter > 0 && time.Since(a.started) >= a.cfg.FailAfter {
 		return fmt.Sprintf("FAIL_HEALTH_AFTER_MS=%d elapsed", a.cfg.FailAfter.Milliseconds())

@@ -2,9 +2,10 @@
 //! request recorded (send and receive time, status or transport error, answering version).
 //!
 //! Requests go out at a fixed rate, one every `1/rate` seconds, from a pool of worker threads
-//! sharing one `ureq` agent, which keeps connections alive and reuses them like a browser
-//! (and, like a browser, retries an idempotent request once when a reused connection turns
-//! out to be closed). Every `slow_every`-th request is `/sleep?ms=<slow_ms>` instead.
+//! sharing one `ureq` agent. Every `slow_every`-th request is `/sleep?ms=<slow_ms>` instead.
+//!
+//! Each request is made exactly once, on a connection of its own (see [`agent`]): a reset,
+//! an EOF or a timeout is recorded as a transport error and never hidden by a retry.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +52,18 @@ pub enum Outcome {
     /// An HTTP status (the body was read in full).
     Status(u16),
     /// No complete response: reset, EOF, timeout, refused, ...
-    Transport(String),
+    Transport {
+        /// What went wrong, in one word: see [`kind_of`].
+        kind: String,
+        /// The client's message.
+        detail: String,
+    },
+}
+
+impl Outcome {
+    fn transport(kind: String, detail: String) -> Outcome {
+        Outcome::Transport { kind, detail }
+    }
 }
 
 /// One request.
@@ -76,7 +88,7 @@ impl Sample {
     pub fn is_failure(&self) -> bool {
         match self.outcome {
             Outcome::Status(code) => code >= 500,
-            Outcome::Transport(_) => true,
+            Outcome::Transport { .. } => true,
         }
     }
 }
@@ -105,11 +117,7 @@ impl Load {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (jobs, queue) = channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(3))
-            .max_idle_connections(options.workers)
-            .max_idle_connections_per_host(options.workers)
-            .build();
+        let agent = agent();
 
         let workers = (0..options.workers)
             .map(|_| {
@@ -151,6 +159,23 @@ impl Load {
             hit_deadline,
         }
     }
+}
+
+/// The HTTP client of the load: one fresh connection per request, no idle pool.
+///
+/// ureq 2 has no switch to turn retries off, and it silently sends a GET a second time when
+/// a connection taken from its idle pool turns out to be closed (ureq's `unit.rs`, the
+/// `is_recycled` retry). A graceful nginx reload closes exactly such connections, so a pooled
+/// agent would turn the resets and EOFs of a bad switch into quiet successes. With no idle
+/// pool (`max_idle_connections(0)`) no connection is ever reused, ureq never retries, and
+/// every failure reaches the report. At 200 requests per second this leaves about 12,000
+/// sockets in TIME_WAIT on this machine, well inside its ephemeral port range.
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(3))
+        .max_idle_connections(0)
+        .max_idle_connections_per_host(0)
+        .build()
 }
 
 /// Refuses any target but a harness node or this machine's loopback.
@@ -237,16 +262,47 @@ impl Worker {
 fn get(request: ureq::Request) -> (Outcome, Option<String>) {
     let response = match request.call() {
         Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-        Err(ureq::Error::Transport(e)) => return (Outcome::Transport(e.to_string()), None),
+        Err(ureq::Error::Transport(e)) => {
+            return (Outcome::transport(kind_of(&e), e.to_string()), None)
+        }
     };
     let status = response.status();
     let version = response.header("X-App-Version").map(str::to_string);
     match response.into_string() {
         Ok(_) => (Outcome::Status(status), version),
         Err(e) => (
-            Outcome::Transport(format!("HTTP {status}, then reading the body: {e}")),
+            Outcome::transport(
+                kind_of(&e),
+                format!("HTTP {status}, then reading the body: {e}"),
+            ),
             version,
         ),
+    }
+}
+
+/// The kind of a transport error, from the first I/O error in its chain: `reset`, `eof`,
+/// `timeout`, `refused`, `aborted`, `broken-pipe`, or else the client's own error kind.
+fn kind_of(error: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind;
+
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                ErrorKind::ConnectionReset => "reset".into(),
+                ErrorKind::UnexpectedEof => "eof".into(),
+                ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout".into(),
+                ErrorKind::ConnectionRefused => "refused".into(),
+                ErrorKind::ConnectionAborted => "aborted".into(),
+                ErrorKind::BrokenPipe => "broken-pipe".into(),
+                other => format!("io-{other:?}").to_lowercase(),
+            };
+        }
+        cause = e.source();
+    }
+    match error.downcast_ref::<ureq::Transport>() {
+        Some(t) => format!("{:?}", t.kind()).to_lowercase(),
+        None => "other".into(),
     }
 }
 
@@ -378,7 +434,7 @@ impl Report {
     pub fn describe(&self, s: &Sample) -> String {
         let outcome = match &s.outcome {
             Outcome::Status(code) => format!("HTTP {code}"),
-            Outcome::Transport(e) => format!("transport error: {e}"),
+            Outcome::Transport { kind, detail } => format!("transport error ({kind}): {detail}"),
         };
         format!(
             "+{:.3}s {} -> {outcome} after {:.0} ms (version {})",
@@ -405,7 +461,7 @@ impl Report {
         for s in self.failures() {
             let cause = match &s.outcome {
                 Outcome::Status(code) => format!("HTTP {code}"),
-                Outcome::Transport(e) => e.clone(),
+                Outcome::Transport { kind, detail } => format!("{kind}: {detail}"),
             };
             *causes.entry(cause).or_default() += 1;
         }

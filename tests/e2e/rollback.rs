@@ -1,6 +1,7 @@
 //! Rollback: back to the previous release (its stopped container), to an older release
 //! whose container is gone (started from its kept image), and across a schema change
-//! (warns, needs --yes, runs no migration).
+//! (warns, needs --yes, runs no migration); back to the previous release after its
+//! container was removed (started from its kept image).
 
 use crate::support::{on_node_ok, Project};
 
@@ -78,4 +79,40 @@ fn rollback_to_previous_and_older_releases() {
     unknown
         .assert_code(2)
         .assert_stderr_has("not in this node's history");
+}
+
+/// Plain `rollback` when the previous release's container was removed from the node: the
+/// release starts again from its image, which cleanup keeps, and says so.
+#[test]
+fn rollback_starts_from_the_kept_image_when_the_container_is_gone() {
+    let project = Project::new("e2e-rbimage", 18131, 1);
+    let v1 = deploy_new(&project, "v1");
+    let v2 = deploy_new(&project, "v2");
+
+    let kept = on_node_ok(
+        &project.nodes[0],
+        &format!(
+            "docker ps -aq --filter label=slipway.env={} --filter label=slipway.release={v1}",
+            project.env
+        ),
+    );
+    assert!(!kept.is_empty(), "v1's stopped container was not kept");
+    on_node_ok(
+        &project.nodes[0],
+        &format!(
+            "docker rm -f {}",
+            kept.split_whitespace().collect::<Vec<_>>().join(" ")
+        ),
+    );
+
+    let back = project.slipway().args(["rollback", &project.env]).run();
+    back.assert_code(0)
+        .assert_stderr_has(&format!("rollback: {v2} -> {v1}"))
+        .assert_stderr_has(&format!("from the kept image of {v1}"));
+    assert!(
+        !back.stderr.contains("started the kept"),
+        "there was no container of v1 to start:\n{}",
+        back.stderr
+    );
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
 }

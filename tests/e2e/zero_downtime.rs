@@ -1,6 +1,7 @@
 //! Zero failed requests during deploys (issue 3, FC-01, FC-02): consecutive deploys while a
 //! paced load runs through nginx with slow requests in flight at every switch and other
-//! containers coming and going on the environment's network. Also the
+//! containers coming and going on the environment's network; a release that turns
+//! unhealthy after the switch, switched back under the same load. Also the
 //! benchmark (`tests/bench`) that sets slipway's switch beside the naive in-place update
 //! (`docker compose up -d --force-recreate` of a new image behind the same nginx).
 
@@ -100,7 +101,18 @@ struct Change {
 
 impl Change {
     /// Waits for `child`, noting when each stderr line arrives.
-    fn watch(started: Instant, mut child: Child, marker: &str, release: String) -> Change {
+    fn watch(started: Instant, child: Child, marker: &str, release: String) -> Change {
+        Change::watch_lines(started, child, marker, release, |_| {})
+    }
+
+    /// Like `watch`, and hands each stderr line to `seen` as soon as it arrives.
+    fn watch_lines(
+        started: Instant,
+        mut child: Child,
+        marker: &str,
+        release: String,
+        mut seen: impl FnMut(&str),
+    ) -> Change {
         let _watchdog = Watchdog::arm(child.id(), CHANGE_LIMIT);
         let mut stdout = child.stdout.take().expect("piped stdout");
         let reader = std::thread::spawn(move || {
@@ -112,7 +124,11 @@ impl Change {
         let lines: Vec<(Instant, String)> = stderr
             .lines()
             .map_while(Result::ok)
-            .map(|line| (Instant::now(), line))
+            .map(|line| {
+                let at = Instant::now();
+                seen(&line);
+                (at, line)
+            })
             .collect();
         let status = child.wait().expect("the child ran");
         let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
@@ -173,6 +189,13 @@ impl Change {
     /// The first request sent after the change began that the new version answered.
     fn first_new<'a>(&self, report: &'a Report) -> Option<&'a Sample> {
         report.first_answer_from(&self.release, self.started)
+    }
+
+    /// When traffic moved, as the load saw it: the send time of the first request the new
+    /// version answered. The switch line comes later than the reload itself (after the
+    /// reload's and the state write's SSH round trips), by over a second on a busy machine.
+    fn cutover(&self, report: &Report) -> Option<Instant> {
+        self.first_new(report).map(|s| s.sent)
     }
 
     /// Requests sent more than 1 s after the switch line (up to `until`) that another
@@ -304,12 +327,15 @@ fn print_changes(report: &Report, changes: &[Change]) {
         };
         println!(
             "deploy {} ({}): {:.1} s; first answer of the new version {window} from the switch \
-             line; slow requests in flight at the switch answered by {:?}; {} requests, {} failed, \
-             {} answered by the old version >1 s after the switch",
+             line; slow requests in flight at the cutover answered by {:?}; {} requests, {} \
+             failed, {} answered by the old version >1 s after the switch",
             i + 1,
             change.release,
             (change.finished - change.started).as_secs_f64(),
-            in_flight_at(report, switched),
+            change
+                .cutover(report)
+                .map(|at| in_flight_at(report, at))
+                .unwrap_or_default(),
             during.count(),
             during.failures().len(),
             change.late_old(report, until(changes, i)),
@@ -388,11 +414,14 @@ fn consecutive_deploys_under_load_fail_no_request() {
     );
 
     for (i, change) in changes.iter().enumerate() {
-        let in_flight = in_flight_at(&report, change.switched.expect("a switch line"));
+        let cutover = change.cutover(&report).expect("the new version answered");
+        let in_flight = in_flight_at(&report, cutover);
         assert!(
-            !in_flight.is_empty() && !in_flight.contains_key(&change.release),
-            "deploy {}: the slow requests in flight at the switch were not all answered by \
-             the old version: {in_flight:?}",
+            !in_flight.is_empty()
+                && !in_flight.contains_key(&change.release)
+                && !in_flight.contains_key("-"),
+            "deploy {}: no slow request was in flight at the cutover, or not all of them were \
+             answered by the old version: {in_flight:?}",
             i + 1
         );
         assert_eq!(
@@ -402,6 +431,126 @@ fn consecutive_deploys_under_load_fail_no_request() {
             i + 1
         );
     }
+}
+
+/// The line slipway prints when nginx points at the new color: `<node> | switched to <color>`.
+const SWITCH_LINE: &str = " | switched to ";
+/// The file whose presence makes the reference app fail its health check (`FAIL_HEALTH_FILE`).
+const UNHEALTHY_FILE: &str = "/tmp/slipway-test-unhealthy";
+/// How long after the switch the watched release turns unhealthy (issue 3).
+const UNHEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// Makes the app containers of `color` fail their health check from now on.
+fn make_unhealthy(node: &HarnessNode, env: &str, color: &str) {
+    let ids = on_node_ok(
+        node,
+        &format!(
+            "docker ps -q --filter label=slipway.env={env} --filter label=slipway.color={color}"
+        ),
+    );
+    assert!(
+        !ids.is_empty(),
+        "no running {color} container to make unhealthy"
+    );
+    for id in ids.split_whitespace() {
+        on_node_ok(node, &format!("docker exec {id} touch {UNHEALTHY_FILE}"));
+    }
+}
+
+/// `slipway deploy` whose new release is made unhealthy `UNHEALTHY_AFTER` after the tool's
+/// switch line; returns the deploy and the moment the release turned unhealthy.
+fn deploy_turning_unhealthy(project: &Project) -> (Change, Instant) {
+    let started = Instant::now();
+    let child = project.slipway().args(["deploy", &project.env]).spawn();
+    let mut flipper = None;
+    let mut change = Change::watch_lines(started, child, SWITCH_LINE, String::new(), |line| {
+        let Some(color) = line.split(SWITCH_LINE).nth(1) else {
+            return;
+        };
+        if flipper.is_none() {
+            let (node, env) = (project.nodes[0].clone(), project.env.clone());
+            let color = color.trim().to_string();
+            flipper = Some(std::thread::spawn(move || {
+                std::thread::sleep(UNHEALTHY_AFTER);
+                make_unhealthy(&node, &env, &color);
+                Instant::now()
+            }));
+        }
+    });
+    change.release = release_name(&change.run.stderr).unwrap_or_default();
+
+    let flipper = flipper.unwrap_or_else(|| panic!("no switch line:\n{}", change.run.stderr));
+    let flipped = flipper.join().expect("the release was made unhealthy");
+    (change, flipped)
+}
+
+/// A release that turns unhealthy 10 s after the switch, under load: the watch switches
+/// traffic back to the old color (still running) and the deploy exits 1. No request fails
+/// but those the unhealthy release itself answered before the switch back.
+#[test]
+fn release_turning_unhealthy_after_the_switch_is_switched_back() {
+    let mut project = Project::new("e2e-watch", 18114, 1);
+    project.commit("v1");
+    project.deploy().assert_code(0);
+    let v1 = project.live_version(0).unwrap();
+
+    project.set_watch_seconds(40);
+    project.set_app_env("FAIL_HEALTH_FILE", UNHEALTHY_FILE);
+    project.commit("v2 fails its health check once told to");
+    let load = Load::start(&project.url(0, ""), load_options(1));
+    std::thread::sleep(Duration::from_secs(2));
+    let (change, flipped) = deploy_turning_unhealthy(&project);
+    std::thread::sleep(Duration::from_millis(SLOW_MS + 1000));
+    let report = load.stop();
+
+    change
+        .run
+        .assert_code(1)
+        .assert_stderr_has("step `watch` failed")
+        .assert_stderr_has("turned unhealthy")
+        .assert_stderr_has("traffic is back on the blue color");
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+    let v2 = change.release.as_str();
+    assert!(!v2.is_empty() && v2 != v1, "no new release was built");
+
+    let by_v2 = |s: &&Sample| s.version.as_deref() == Some(v2);
+    let after_flip = report.between(flipped, change.finished);
+    let unhealthy_answers = after_flip.samples.iter().filter(by_v2).count();
+    let unhealthy_failures = after_flip.failures().into_iter().filter(by_v2).count();
+    let others: Vec<String> = report
+        .not_ok()
+        .into_iter()
+        .filter(|s| !by_v2(s))
+        .map(|s| report.describe(s))
+        .collect();
+    let late_v2 = report
+        .between(change.finished, Instant::now())
+        .samples
+        .iter()
+        .filter(by_v2)
+        .count();
+    println!(
+        "watch under load: {} requests, fast {}; the unhealthy release answered {unhealthy_answers} \
+         requests sent after it turned unhealthy, {unhealthy_failures} of them failed; \
+         {} other requests failed",
+        report.count(),
+        report.latency(false),
+        others.len()
+    );
+    assert!(!report.hit_deadline, "the load stopped by itself");
+    assert!(
+        report.first_answer_from(v2, change.started).is_some(),
+        "the new release never served"
+    );
+    assert!(
+        others.is_empty(),
+        "requests failed that the unhealthy release did not answer:\n{}",
+        others.join("\n")
+    );
+    assert_eq!(
+        late_v2, 0,
+        "the unhealthy release answered after the deploy ended"
+    );
 }
 
 /// The naive in-place update behind the same nginx: `docker compose up -d --force-recreate`
