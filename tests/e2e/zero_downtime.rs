@@ -19,6 +19,8 @@ use crate::support::{on_node, on_node_ok, HarnessNode, Project, Run};
 const DRAIN_SECONDS: u64 = 5;
 /// How long a slow request takes; one in every 100 requests is slow (every 0.5 s at 200/s).
 const SLOW_MS: u64 = 3000;
+/// How long before the cutover a slow request must have been sent to count as in flight.
+const RACE_MARGIN: Duration = Duration::from_millis(250);
 /// A deploy or an in-place update that runs longer than this is killed.
 const CHANGE_LIMIT: Duration = Duration::from_secs(600);
 /// The most time the load allows for one change before it stops by itself.
@@ -304,11 +306,14 @@ fn until(changes: &[Change], i: usize) -> Instant {
         .map_or(changes[i].finished + SETTLE, |c| c.started)
 }
 
-/// Slow requests sent before `moment` and answered after it, by answering version.
+/// Slow requests sent at least `RACE_MARGIN` before `moment` and answered after it, by
+/// answering version. A request sent within the margin races the first request the new
+/// version answered to nginx, so either color may rightly take it.
 fn in_flight_at(report: &Report, moment: Instant) -> BTreeMap<String, usize> {
     let mut versions = BTreeMap::new();
+    let sent_by = moment.checked_sub(RACE_MARGIN).unwrap_or(moment);
     for s in &report.samples {
-        if s.slow && s.sent < moment && s.received > moment {
+        if s.slow && s.sent < sent_by && s.received > moment {
             let version = s.version.clone().unwrap_or_else(|| "-".into());
             *versions.entry(version).or_default() += 1;
         }
