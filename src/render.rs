@@ -10,7 +10,7 @@ use minijinja::{path_loader, AutoEscape, Environment as Jinja, UndefinedBehavior
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::Environment;
+use crate::config::{Environment, Secrets};
 use crate::error::Error;
 use crate::paths::Paths;
 
@@ -49,6 +49,7 @@ impl Renderer {
         jinja.set_auto_escape_callback(|_| AutoEscape::None);
         jinja.set_loader(path_loader(root.join("templates")));
         jinja.set_keep_trailing_newline(true);
+        jinja.add_filter("dotenv", dotenv_quote);
         Renderer { jinja }
     }
 
@@ -64,7 +65,10 @@ impl Renderer {
             if e.kind() == minijinja::ErrorKind::UndefinedError && !missing.is_empty() {
                 message = format!("undefined variable `{}`: {message}", missing.join("`, `"));
             }
-            let fix = if missing.iter().any(|m| m.starts_with("secrets.")) {
+            let fix = if missing.iter().any(|m| m.starts_with("secret_values.")) {
+                "secret values reach app.env.j2 only (the env-file fallback); elsewhere use \
+                 `secrets.NAME`, the secret's file name, or add the secret to inventory/<env>.env"
+            } else if missing.iter().any(|m| m.starts_with("secrets.")) {
                 "add the secret to the environment's secrets file (inventory/<env>.env)"
             } else {
                 "define the variable under `vars:` in inventory/all.yml or the environment's file"
@@ -73,7 +77,7 @@ impl Renderer {
         })
     }
 
-    /// The secrets `template` uses (`secrets.NAME`), by name.
+    /// The secrets `template` uses (`secrets.NAME` or `secret_values.NAME`), by name.
     pub fn secrets_used(&self, template: &str) -> Result<BTreeSet<String>, Error> {
         let tmpl = self.jinja.get_template(template).map_err(|e| {
             Error::config(
@@ -85,7 +89,10 @@ impl Renderer {
         Ok(tmpl
             .undeclared_variables(true)
             .iter()
-            .filter_map(|v| v.strip_prefix("secrets."))
+            .filter_map(|v| {
+                v.strip_prefix("secrets.")
+                    .or_else(|| v.strip_prefix("secret_values."))
+            })
             .map(|name| name.split('.').next().unwrap_or(name).to_string())
             .collect())
     }
@@ -157,9 +164,44 @@ pub fn check_all(
         Some("blue"),
     );
     for template in ALL {
-        renderer.render(template, &ctx)?;
+        if *template == APP_ENV {
+            renderer.render(template, &with_secret_values(ctx.clone(), &env.secrets))?;
+        } else {
+            renderer.render(template, &ctx)?;
+        }
     }
     Ok(())
+}
+
+/// The context of `app.env.j2`: `context` plus `secret_values`, each secret's value by
+/// name. It is the fallback for an app that can only read environment variables: the env
+/// file is written 0600, but `docker inspect` shows every variable to whoever can run it.
+/// No other template gets the values.
+pub fn with_secret_values(mut ctx: Value, secrets: &Secrets) -> Value {
+    let values: std::collections::BTreeMap<&str, &str> = secrets
+        .names()
+        .filter_map(|name| Some((name, secrets.get(name)?)))
+        .collect();
+    ctx["secret_values"] = json!(values);
+    ctx
+}
+
+/// The `dotenv` filter: `value` double-quoted for a compose env file, with `\`, `"` and `$`
+/// escaped and line breaks written `\n`, so the container receives it byte for byte.
+fn dotenv_quote(value: String) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '"' => quoted.push_str("\\\""),
+            '$' => quoted.push_str("\\$"),
+            '\n' => quoted.push_str("\\n"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// The variables every template sees for one node of an environment.
@@ -222,6 +264,44 @@ mod tests {
     use crate::config::Environment;
 
     /// Renders every template of this repository for a sample environment and checks that
+    /// The env-file fallback: only app.env.j2 sees secret values, quoted so compose hands
+    /// the container every byte (`\$` is a literal `$` in compose's double quotes).
+    #[test]
+    fn secret_values_reach_the_env_file_quoted_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let templates = dir.path().join("templates");
+        std::fs::create_dir_all(&templates).unwrap();
+        std::fs::write(
+            templates.join(APP_ENV),
+            "API_KEY={{ secret_values.API_KEY | dotenv }}\n",
+        )
+        .unwrap();
+        std::fs::write(templates.join(NGINX), "key {{ secret_values.API_KEY }};\n").unwrap();
+        let renderer = Renderer::new(dir.path());
+        let secrets =
+            crate::config::Secrets::from_pairs([("API_KEY", "SNTL-7q$P&x 'y\"z;#*\\b\nc")]);
+
+        let ctx = with_secret_values(json!({}), &secrets);
+        assert_eq!(
+            renderer.render(APP_ENV, &ctx).unwrap(),
+            "API_KEY=\"SNTL-7q\\$P&x 'y\\\"z;#*\\\\b\\nc\"\n"
+        );
+        let refused = renderer.render(NGINX, &json!({})).unwrap_err();
+        assert!(
+            refused.hints().concat().contains("app.env.j2 only"),
+            "{:?}",
+            refused.hints()
+        );
+        assert_eq!(
+            renderer
+                .secrets_used(APP_ENV)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec!["API_KEY"]
+        );
+    }
+
     /// the compose files are valid YAML with the expected names.
     #[test]
     fn repository_templates_render_to_valid_compose_files() {

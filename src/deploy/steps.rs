@@ -260,7 +260,8 @@ impl Deploy {
 
         let ctx = self.context(Some(self.new_color));
         let compose = self.shared.renderer.render(render::APP_COMPOSE, &ctx)?;
-        let env_file = self.shared.renderer.render(render::APP_ENV, &ctx)?;
+        let env_ctx = render::with_secret_values(ctx.clone(), secrets);
+        let env_file = self.shared.renderer.render(render::APP_ENV, &env_ctx)?;
         let mut files = vec![
             ("app.yml".to_string(), compose.into_bytes(), 0o644),
             ("app.env".to_string(), env_file.into_bytes(), 0o600),

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{http_get, on_node_ok, Project};
+use crate::support::{http_get, on_node_ok, sh_ok, Project};
 
 /// The database container's ID and start time on a node.
 fn db_identity(project: &Project) -> String {
@@ -169,7 +169,7 @@ fn unhealthy_release_keeps_the_old_version_serving() {
 }
 
 #[test]
-fn custom_playbook_steps_run_in_the_app_and_on_the_node() {
+fn custom_steps_run_in_the_app_and_on_the_node_and_the_env_file_fallback_delivers_a_secret() {
     let mut project = Project::new("e2e-custom", 18103, 1);
     project.write(
         "playbooks/custom.yml",
@@ -179,6 +179,16 @@ fn custom_playbook_steps_run_in_the_app_and_on_the_node() {
          health_gate, switch, verify, drain, record]\n",
     );
     project.set_extra("playbook: playbooks/custom.yml\n");
+    // The env-file fallback: one secret also given as a variable, its value full of what
+    // compose's env files would otherwise expand or cut.
+    let api_key = "e2e-$HOME 'q\"s\\ #x;*";
+    project
+        .write_secrets("DB_PASSWORD=e2e-db-password-1\nAPI_KEY=\"e2e-\\$HOME 'q\\\"s\\\\ #x;*\"\n");
+    let template = std::fs::read_to_string(project.root().join("templates/app.env.j2")).unwrap();
+    project.write(
+        "templates/app.env.j2",
+        &format!("{template}\nAPI_KEY_VALUE={{{{ secret_values.API_KEY | dotenv }}}}\n"),
+    );
     project.commit("custom playbook");
 
     let run = project.deploy();
@@ -191,4 +201,19 @@ fn custom_playbook_steps_run_in_the_app_and_on_the_node() {
         on_node_ok(&project.nodes[0], "cat /tmp/e2e-custom-mark"),
         "custom-ran"
     );
+
+    // The one running app container (the old color, if any, stopped after the drain).
+    let received = on_node_ok(
+        &project.nodes[0],
+        &format!(
+            "docker exec $(docker ps -q --filter 'name=^events-{}-(blue|green)-app-1$') \
+             sh -c 'printf %s \"$API_KEY_VALUE\" | od -An -c'",
+            project.env
+        ),
+    );
+    let sent = sh_ok(&format!(
+        "printf %s {} | od -An -c",
+        shlex::try_quote(api_key).unwrap()
+    ));
+    assert_eq!(received, sent, "the app got API_KEY byte for byte");
 }
