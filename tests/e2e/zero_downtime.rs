@@ -565,7 +565,7 @@ fn naive_update(project: &Project, release: &str) -> Change {
     let color = on_node_ok(&project.nodes[0], &format!("cat {state}/color"));
     let script = format!(
         "set -e; d={state}/naive; rm -rf $d; mkdir -p $d; \
-         cp {state}/current/app.yml {state}/current/app.env $d/; \
+         cp -a {state}/current/app.yml {state}/current/app.env {state}/current/secrets $d/; \
          sed -i 's#^    image: .*#    image: slipway/events:{release}#' $d/app.yml; \
          docker compose -p events-{env}-{color} -f $d/app.yml up -d --force-recreate \
            --no-build --pull never",
