@@ -207,13 +207,18 @@ fn custom_steps_run_in_the_app_and_on_the_node_and_the_env_file_fallback_deliver
         &project.nodes[0],
         &format!(
             "docker exec $(docker ps -q --filter 'name=^events-{}-(blue|green)-app-1$') \
-             sh -c 'printf %s \"$API_KEY_VALUE\" | od -An -c'",
+             sh -c 'printf %s \"$API_KEY_VALUE\" | od -An -tx1'",
             project.env
         ),
     );
     let sent = sh_ok(&format!(
-        "printf %s {} | od -An -c",
+        "printf %s {} | od -An -tx1",
         shlex::try_quote(api_key).unwrap()
     ));
-    assert_eq!(received, sent, "the app got API_KEY byte for byte");
+    let bytes = |hex: &str| hex.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(
+        bytes(&received),
+        bytes(&sent),
+        "the app got API_KEY byte for byte"
+    );
 }
