@@ -740,7 +740,13 @@ fn api_at_least(api: &str, min: (u32, u32)) -> bool {
 }
 
 pub(super) fn dirty_message(version: Option<u64>) -> String {
-    let v = version.map_or("?".into(), |v| v.to_string());
+    let Some(v) = version else {
+        return "the database is dirty with no version: schema_migrations holds golang-migrate's \
+                -1 marker, left by a failed down migration of the first file. Nothing was \
+                changed. Find out what the database holds, then set schema_migrations to it \
+                (golang-migrate's `migrate force`, or by hand) and deploy again"
+            .into();
+    };
     format!(
         "the database is dirty at migration version {v}: a migration failed half-way. Nothing was changed. \
          Find out whether migration {v} is in the database (each file runs in one transaction, \
