@@ -323,10 +323,10 @@ fn fc06_a_failed_second_statement_leaves_a_dirty_schema_and_blocks_the_next_depl
 #[test]
 fn fc06_b_a_migration_longer_than_the_health_timeout_completes() {
     let mut project = Project::new("e2e-fc06-slow", 18187, 1);
-    project.set_health_timeout(8);
+    project.set_health_timeout(10);
     project.write(
         "migrations/000004_slow.up.sql",
-        "SELECT pg_sleep(20);\n\
+        "SELECT pg_sleep(25);\n\
          ALTER TABLE events ADD COLUMN fc06_after_sleep text;\n",
     );
     project.commit("v1 with a migration that sleeps past the health timeout");
