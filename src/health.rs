@@ -18,8 +18,44 @@ pub struct Report {
     pub version: String,
     #[serde(default)]
     pub git_commit: String,
-    #[serde(default)]
+    /// The schema version the app reads from `schema_migrations`; a negative one
+    /// (golang-migrate's "no version", -1) reads as none.
+    #[serde(default, deserialize_with = "non_negative")]
     pub schema_version: Option<u64>,
+}
+
+fn non_negative<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value: Option<i64> = Option::deserialize(d)?;
+    Ok(value.and_then(|v| u64::try_from(v).ok()))
+}
+
+/// Why the schema an app reports after a deploy is not good enough, if it is not: older
+/// than the release's newest migration (`expected`). `database` is what
+/// `schema_migrations` holds, to tell a stale app from a database that lags.
+pub fn schema_problem(
+    expected: Option<u64>,
+    reported: Option<u64>,
+    database: Option<u64>,
+) -> Option<String> {
+    let expected = expected?;
+    let reported = reported?;
+    if reported >= expected {
+        return None;
+    }
+
+    let show = |v: Option<u64>| v.map_or("no version".into(), |v| v.to_string());
+    let next = if database.is_some_and(|d| d >= expected) {
+        "the database has it, so the app reads another database or a stale view of it: \
+         check its database settings, then deploy again"
+    } else {
+        "the database lacks the release's migrations: check that the playbook runs the \
+         `migrate` step and see `slipway migrate status`, then deploy again"
+    };
+    Some(format!(
+        "the app reports schema version {reported}, older than the {expected} the release \
+         expects (database: {}); {next}",
+        show(database)
+    ))
 }
 
 /// One probe's result.
@@ -202,4 +238,50 @@ pub async fn container_running(node: &Node, color: &str) -> anyhow::Result<bool>
         ))
         .await?;
     Ok(!out.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_schema_version_of_a_health_document() {
+        let report: Report =
+            serde_json::from_str(r#"{"status":"healthy","schema_version":4}"#).unwrap();
+        assert_eq!(report.schema_version, Some(4));
+        let nil: Report =
+            serde_json::from_str(r#"{"status":"unhealthy","schema_version":-1}"#).unwrap();
+        assert_eq!(nil.schema_version, None);
+        let absent: Report = serde_json::from_str(r#"{"status":"healthy"}"#).unwrap();
+        assert_eq!(absent.schema_version, None);
+    }
+
+    #[test]
+    fn an_app_behind_the_release_schema_is_a_problem() {
+        assert_eq!(schema_problem(Some(4), Some(4), Some(4)), None);
+        assert_eq!(
+            schema_problem(Some(4), Some(5), Some(5)),
+            None,
+            "newer is fine"
+        );
+        assert_eq!(
+            schema_problem(None, Some(1), Some(1)),
+            None,
+            "no migrations"
+        );
+        assert_eq!(schema_problem(Some(4), None, Some(4)), None, "not reported");
+
+        let stale = schema_problem(Some(4), Some(3), Some(4)).unwrap();
+        assert!(
+            stale.contains("reports schema version 3, older than the 4"),
+            "{stale}"
+        );
+        assert!(stale.contains("(database: 4)"), "{stale}");
+        assert!(stale.contains("another database"), "{stale}");
+
+        let lagging = schema_problem(Some(4), Some(3), Some(3)).unwrap();
+        assert!(lagging.contains("`migrate` step"), "{lagging}");
+        let empty = schema_problem(Some(4), Some(0), None).unwrap();
+        assert!(empty.contains("(database: no version)"), "{empty}");
+    }
 }

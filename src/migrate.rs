@@ -2,6 +2,8 @@
 //!
 //! Files: `migrations/NNNNNN_name.up.sql` and `.down.sql`, read from the release's commit.
 //! State: the one-row table `schema_migrations (version bigint primary key, dirty boolean)`.
+//! golang-migrate's "no version" (`NilVersion`, -1), which it writes with `dirty = true`
+//! after a failed down migration of the first file, reads as no version.
 //! A run holds golang-migrate's advisory lock for the database, and for each pending file
 //! marks the version dirty, runs the file in one transaction, then marks it clean, so either
 //! tool can continue after the other. A file whose version is already recorded by the time
@@ -48,6 +50,11 @@ impl Migration {
 pub struct SchemaState {
     pub version: Option<u64>,
     pub dirty: bool,
+}
+
+/// The schema a release expects: the highest version among its migration files.
+pub fn expected(migrations: &[Migration]) -> Option<u64> {
+    migrations.iter().map(|m| m.version).max()
 }
 
 /// Reads the migration files of `commit` from the repository.
@@ -109,23 +116,29 @@ pub async fn state(node: &Node) -> anyhow::Result<SchemaState> {
     let row = node
         .query("SELECT version || '|' || dirty FROM schema_migrations LIMIT 1;")
         .await?;
-    let Some((version, dirty)) = row.split_once('|') else {
+    parse_row(&row)
+}
+
+/// `version|dirty` as psql prints it; an empty answer (no row) is no version. A negative
+/// version is golang-migrate's `NilVersion` (-1): no version, with whatever dirty flag.
+fn parse_row(row: &str) -> anyhow::Result<SchemaState> {
+    let Some((version, dirty)) = row.trim().split_once('|') else {
         return Ok(SchemaState::default());
     };
+    let version: i64 = version
+        .parse()
+        .with_context(|| format!("schema_migrations.version `{version}` is not a number"))?;
     Ok(SchemaState {
-        version: Some(
-            version
-                .parse()
-                .context("schema_migrations.version is not a number")?,
-        ),
+        version: u64::try_from(version).ok(),
         dirty: dirty == "true" || dirty == "t",
     })
 }
 
-/// golang-migrate's advisory lock key for the postgres driver: CRC-32 of
-/// `schema \0 table \0 database`, times its salt, as an unsigned 32-bit number.
+/// golang-migrate's advisory lock key for the postgres driver (`GenerateAdvisoryLockId`):
+/// the IEEE CRC-32 of `database \0 schema \0 table`, times the salt 1486364155, wrapped
+/// to an unsigned 32-bit number. slipway's table is always `public.schema_migrations`.
 pub fn advisory_lock_key(database: &str) -> u32 {
-    let name = format!("public\0schema_migrations\0{database}");
+    let name = format!("{database}\0public\0schema_migrations");
     crc32fast::hash(name.as_bytes()).wrapping_mul(1_486_364_155)
 }
 
@@ -345,11 +358,35 @@ mod tests {
 
     #[test]
     fn lock_key_matches_golang_migrate() {
-        // golang-migrate: crc32("public\x00schema_migrations\x00events") * 1486364155 (uint32).
-        let expected =
-            crc32fast::hash(b"public\0schema_migrations\0events").wrapping_mul(1_486_364_155);
-        assert_eq!(advisory_lock_key("events"), expected);
+        // Worked out apart from this code, with Python's zlib:
+        // crc32(b"events\0public\0schema_migrations") = 2184391797, and
+        // 2184391797 * 1486364155 mod 2^32 = 296605623.
+        assert_eq!(advisory_lock_key("events"), 296_605_623);
         assert_ne!(advisory_lock_key("events"), advisory_lock_key("other"));
+    }
+
+    #[test]
+    fn reads_golang_migrate_nil_version_as_no_version() {
+        let nil = parse_row("-1|true").unwrap();
+        assert_eq!(
+            nil,
+            SchemaState {
+                version: None,
+                dirty: true
+            }
+        );
+        assert_eq!(parse_row("-1|false").unwrap(), SchemaState::default());
+        assert_eq!(parse_row("").unwrap(), SchemaState::default());
+        let seven = parse_row("7|f\n").unwrap();
+        assert_eq!(seven.version, Some(7));
+        assert!(!seven.dirty);
+        assert!(parse_row("x|t").is_err());
+    }
+
+    #[test]
+    fn a_release_expects_its_highest_migration() {
+        assert_eq!(expected(&[m(3), m(12), m(4)]), Some(12));
+        assert_eq!(expected(&[]), None);
     }
 
     #[test]

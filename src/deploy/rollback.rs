@@ -184,19 +184,26 @@ async fn check_image(node: &Node, target: &Record) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Says which migrations the database has that the target release predates.
+/// Says which migrations the database has that the target release predates. The release
+/// expects the schema its history record names (its highest migration); a record without
+/// one falls back to the migrations of its commit, and a release with none expects none.
 async fn schema_warning(
     node: &Node,
     target: &Record,
     records: &[Record],
 ) -> anyhow::Result<Option<String>> {
     let db = migrate::state(node).await.unwrap_or_default();
-    let (Some(current), Some(expected)) = (db.version, target.schema_version) else {
+    let expected = match target.schema_version {
+        Some(v) => Some(v),
+        None => migrate::load(&node.env.root, &target.commit)
+            .await
+            .ok()
+            .and_then(|files| migrate::expected(&files)),
+    };
+    let Some(current) = newer_schema(db.version, expected) else {
         return Ok(None);
     };
-    if current <= expected {
-        return Ok(None);
-    }
+    let floor = expected.unwrap_or(0);
 
     let live_commit = records.last().map(|r| r.commit.clone()).unwrap_or_default();
     let files = migrate::load(&node.env.root, &live_commit)
@@ -204,20 +211,28 @@ async fn schema_warning(
         .unwrap_or_default();
     let newer: Vec<String> = files
         .iter()
-        .filter(|m| m.version > expected && m.version <= current)
+        .filter(|m| m.version > floor && m.version <= current)
         .map(|m| format!("{} ({})", m.version, m.name))
         .collect();
     let newer = if newer.is_empty() {
-        format!("{}..={current}", expected + 1)
+        format!("{}..={current}", floor + 1)
     } else {
         newer.join(", ")
     };
+    let expects = expected.map_or("no migration".into(), |v| format!("version {v}"));
     Ok(Some(format!(
-        "the database schema is at version {current}, newer than release {} expects ({expected}); \
+        "the database schema is at version {current}, newer than release {} expects ({expects}); \
          newer migrations: {newer}. slipway will not run down migrations by itself: the release will \
          run against the newer schema",
         target.release
     )))
+}
+
+/// The database's version when it is newer than the release expects (`None`: the release
+/// has no migration).
+fn newer_schema(database: Option<u64>, expected: Option<u64>) -> Option<u64> {
+    let current = database?;
+    (expected.is_none_or(|e| current > e)).then_some(current)
 }
 
 /// Prints the plan and, when the schema is newer, asks before going on.
@@ -328,5 +343,18 @@ mod tests {
             .unwrap_err()
             .contains("not in this node's history"));
         assert!(pick_target(&records[..1], "r1", None).is_err());
+    }
+
+    #[test]
+    fn warns_only_when_the_database_is_ahead_of_the_release() {
+        assert_eq!(newer_schema(Some(9), Some(8)), Some(9));
+        assert_eq!(newer_schema(Some(8), Some(8)), None);
+        assert_eq!(newer_schema(Some(7), Some(8)), None);
+        assert_eq!(
+            newer_schema(Some(3), None),
+            Some(3),
+            "the release has no migration"
+        );
+        assert_eq!(newer_schema(None, Some(8)), None, "an empty database");
     }
 }

@@ -37,7 +37,10 @@ pub(super) struct Deploy {
     pub switched: bool,
     pub old_stopped: bool,
     pub snapshot: Option<String>,
+    /// The database's schema version, as `schema_migrations` last said.
     pub schema_version: Option<u64>,
+    /// The schema the release expects: its highest migration version.
+    pub expected_schema: Option<u64>,
     pub bytes: u64,
     pub timings: Vec<(String, Duration)>,
 }
@@ -57,9 +60,11 @@ pub(super) async fn deploy_node(node: Node, lock: Lock, shared: Arc<Shared>) -> 
         old_stopped: false,
         snapshot: None,
         schema_version: None,
+        expected_schema: None,
         bytes: 0,
         timings: Vec::new(),
     };
+    deploy.expected_schema = expected_schema(&deploy.shared, &deploy.node).await;
 
     let name = deploy.node.name.clone();
     let reporter = deploy.shared.reporter.clone();
@@ -457,10 +462,22 @@ impl Deploy {
         )
         .await
         .with_context(|| format!("the {color} color never became healthy"))?;
-        if report.schema_version.is_some() {
-            self.schema_version = report.schema_version;
+        self.check_schema(&report).await
+    }
+
+    /// Fails the step when the app reports a schema older than the release expects (the
+    /// step's error names the node and the step).
+    async fn check_schema(&mut self, report: &health::Report) -> anyhow::Result<()> {
+        if self.expected_schema.is_none() || report.schema_version.is_none() {
+            return Ok(());
         }
-        Ok(())
+        let database = migrate::state(&self.node).await?.version;
+        self.schema_version = database;
+
+        match health::schema_problem(self.expected_schema, report.schema_version, database) {
+            Some(problem) => bail!("release {}: {problem}", self.shared.release.name),
+            None => Ok(()),
+        }
     }
 
     async fn switch(&mut self) -> anyhow::Result<()> {
@@ -480,7 +497,7 @@ impl Deploy {
     async fn verify(&mut self) -> anyhow::Result<()> {
         let url = health::nginx_url(&self.node);
         let release = &self.shared.release;
-        health::wait_for(
+        let report = health::wait_for(
             &self.node,
             &url,
             &release.name,
@@ -490,7 +507,7 @@ impl Deploy {
         )
         .await
         .context("nginx does not serve the new release")?;
-        Ok(())
+        self.check_schema(&report).await
     }
 
     /// Keeps probing the new release through nginx while the old color still runs; a
@@ -593,7 +610,7 @@ impl Deploy {
             deployed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             deployed_by: crate::lock::operator(),
             deploy_id: self.shared.deploy_id.clone(),
-            schema_version: self.schema_version,
+            schema_version: self.expected_schema,
         }
     }
 
@@ -704,6 +721,16 @@ impl Deploy {
     }
 }
 
+/// The schema the release expects. A deploy read its migrations already; a rollback reads
+/// those of the target's commit from the repository (none when the commit is not there).
+async fn expected_schema(shared: &Shared, node: &Node) -> Option<u64> {
+    if shared.action != "rollback" {
+        return migrate::expected(&shared.migrations);
+    }
+    let files = migrate::load(&node.env.root, &shared.release.commit).await;
+    files.ok().and_then(|files| migrate::expected(&files))
+}
+
 /// Whether a Docker API version such as `1.45` is at least `min`.
 fn api_at_least(api: &str, min: (u32, u32)) -> bool {
     let mut parts = api.trim().split('.').map(|p| p.parse::<u32>().ok());
@@ -714,7 +741,13 @@ fn api_at_least(api: &str, min: (u32, u32)) -> bool {
 }
 
 pub(super) fn dirty_message(version: Option<u64>) -> String {
-    let v = version.map_or("?".into(), |v| v.to_string());
+    let Some(v) = version else {
+        return "the database is dirty with no version: schema_migrations holds golang-migrate's \
+                -1 marker, left by a failed down migration of the first file. Nothing was \
+                changed. Find out what the database holds, then set schema_migrations to it \
+                (golang-migrate's `migrate force`, or by hand) and deploy again"
+            .into();
+    };
     format!(
         "the database is dirty at migration version {v}: a migration failed half-way. Nothing was changed. \
          Find out whether migration {v} is in the database (each file runs in one transaction, \

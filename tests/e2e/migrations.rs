@@ -235,3 +235,112 @@ fn a_breaking_migration_stops_before_the_snapshot_until_acknowledged() {
     assert_eq!(snapshot_count(&project), 1);
     assert_ne!(project.live_version(0), Some(v1));
 }
+
+/// The snapshot files the node holds for this environment, oldest first.
+fn snapshot_names(project: &Project) -> Vec<String> {
+    let listing = on_node_ok(
+        &project.nodes[0],
+        &format!(
+            "ls {}/snapshots/ 2>/dev/null | grep '\\.dump$' || true",
+            project.state_dir()
+        ),
+    );
+    listing.lines().map(str::to_string).collect()
+}
+
+/// The `schema_version` field of the node's last history record.
+fn recorded_schema(project: &Project) -> serde_json::Value {
+    let last = on_node_ok(
+        &project.nodes[0],
+        &format!("tail -n 1 {}/history.jsonl", project.state_dir()),
+    );
+    let record: serde_json::Value = serde_json::from_str(last.trim()).expect("a JSON record");
+    record["schema_version"].clone()
+}
+
+/// FC-06 (a): a file whose second statement fails leaves the schema dirty at its version
+/// (its transaction rolled back), the old release serving, and a message that names the
+/// version, the dirty state, the database's error, the snapshot and the way out; the next
+/// deploy refuses before any work.
+#[test]
+fn fc06_a_failed_second_statement_leaves_a_dirty_schema_and_blocks_the_next_deploy() {
+    let project = Project::new("e2e-fc06-dirty", 18186, 1);
+    project.commit("v1");
+    project.deploy().assert_code(0);
+    let v1 = project.live_version(0).expect("v1 answers");
+    assert_eq!(
+        recorded_schema(&project),
+        3,
+        "v1 expects its last migration"
+    );
+
+    project.write(
+        "migrations/000004_half_done.up.sql",
+        "ALTER TABLE events ADD COLUMN fc06_note text;\n\
+         INSERT INTO fc06_missing VALUES (1);\n",
+    );
+    project.commit("v2: a migration whose second statement fails");
+    let run = project.deploy();
+    let snapshots = snapshot_names(&project);
+    assert_eq!(
+        snapshots.len(),
+        1,
+        "one snapshot before migrating: {snapshots:?}"
+    );
+    run.assert_code(1)
+        .assert_stderr_has("step `migrate` failed")
+        .assert_stderr_has("migration 4 failed")
+        .assert_stderr_has("marked dirty at version 4")
+        .assert_stderr_has("relation \"fc06_missing\" does not exist")
+        .assert_stderr_has(&snapshots[0])
+        .assert_stderr_has("slipway migrate recover");
+    assert_eq!(
+        schema(&project),
+        "4|true",
+        "dirty, never forced by the tool"
+    );
+    let column = "SELECT count(*) FROM information_schema.columns \
+                  WHERE table_name = 'events' AND column_name = 'fc06_note'";
+    assert_eq!(
+        project.psql(column),
+        "0",
+        "the first statement was rolled back"
+    );
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+
+    project
+        .deploy()
+        .assert_code(1)
+        .assert_stderr_has("step `preflight` failed")
+        .assert_stderr_has("dirty at migration version 4");
+    assert_eq!(snapshot_names(&project), snapshots, "no new snapshot");
+    assert_eq!(schema(&project), "4|true");
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+}
+
+/// FC-06 (b): a migration that outlasts the app's health timeout is not cut short by it;
+/// the deploy goes on and records the schema the release expects.
+#[test]
+fn fc06_b_a_migration_longer_than_the_health_timeout_completes() {
+    let mut project = Project::new("e2e-fc06-slow", 18187, 1);
+    project.set_health_timeout(10);
+    project.write(
+        "migrations/000004_slow.up.sql",
+        "SELECT pg_sleep(25);\n\
+         ALTER TABLE events ADD COLUMN fc06_after_sleep text;\n",
+    );
+    project.commit("v1 with a migration that sleeps past the health timeout");
+    let run = project.deploy();
+    run.assert_code(0)
+        .assert_stderr_has("migrations applied: [1, 2, 3, 4]");
+    assert_eq!(schema(&project), "4|false");
+    let column = "SELECT count(*) FROM information_schema.columns \
+                  WHERE table_name = 'events' AND column_name = 'fc06_after_sleep'";
+    assert_eq!(
+        project.psql(column),
+        "1",
+        "the statement after the sleep ran"
+    );
+    assert!(project.live_version(0).is_some(), "the release answers");
+    assert_eq!(recorded_schema(&project), 4);
+}
