@@ -134,11 +134,13 @@ fn parse_row(row: &str) -> anyhow::Result<SchemaState> {
     })
 }
 
-/// golang-migrate's advisory lock key for the postgres driver (`GenerateAdvisoryLockId`):
-/// the IEEE CRC-32 of `database \0 schema \0 table`, times the salt 1486364155, wrapped
-/// to an unsigned 32-bit number. slipway's table is always `public.schema_migrations`.
+/// golang-migrate v4's advisory lock key for the postgres driver: its postgres `Lock` calls
+/// `GenerateAdvisoryLockId(database, schema, table)`, which joins the extra names first and
+/// the database last (`schema \0 table \0 database`), takes the IEEE CRC-32, times the salt
+/// 1486364155, wrapped to an unsigned 32-bit number. (Releases before v4 put the database
+/// first; slipway follows v4.) slipway's table is always `public.schema_migrations`.
 pub fn advisory_lock_key(database: &str) -> u32 {
-    let name = format!("{database}\0public\0schema_migrations");
+    let name = format!("public\0schema_migrations\0{database}");
     crc32fast::hash(name.as_bytes()).wrapping_mul(1_486_364_155)
 }
 
@@ -359,9 +361,9 @@ mod tests {
     #[test]
     fn lock_key_matches_golang_migrate() {
         // Worked out apart from this code, with Python's zlib:
-        // crc32(b"events\0public\0schema_migrations") = 2184391797, and
-        // 2184391797 * 1486364155 mod 2^32 = 296605623.
-        assert_eq!(advisory_lock_key("events"), 296_605_623);
+        // crc32(b"public\0schema_migrations\0events") = 3597690553, and
+        // 3597690553 * 1486364155 mod 2^32 = 2444209251.
+        assert_eq!(advisory_lock_key("events"), 2_444_209_251);
         assert_ne!(advisory_lock_key("events"), advisory_lock_key("other"));
     }
 
