@@ -26,9 +26,7 @@ fn app_containers(project: &Project, color: &str) -> Vec<String> {
 fn fc02_in_flight_requests_finish_and_sigterm_ignorers_are_killed() {
     let mut project = Project::new("e2e-fc02", 18110, 1);
     project.set_drain_seconds(10);
-    project.commit("v1");
-    project.deploy().assert_code(0);
-    let v1 = project.live_version(0).unwrap();
+    let v1 = project.deploy_first_release();
 
     project.set_app_env("IGNORE_SIGTERM", "1");
     project.commit("v2 ignores SIGTERM");
@@ -146,9 +144,7 @@ fn fc04_leftover_and_unrelated_containers_do_not_block_a_deploy() {
 #[test]
 fn fc05_impossible_and_missing_health_checks() {
     let mut project = Project::new("e2e-fc05", 18112, 1);
-    project.commit("v1");
-    project.deploy().assert_code(0);
-    let v1 = project.live_version(0).unwrap();
+    let v1 = project.deploy_first_release();
 
     project.set_health_extra(
         "  container_check: [\"CMD\", \"/usr/bin/no-such-probe\"]\n  start_period_seconds: 2\n  check_interval_seconds: 1\n",

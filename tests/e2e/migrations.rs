@@ -39,9 +39,7 @@ fn migrate_status(project: &Project) -> (i32, String) {
 fn a_migration_behind_a_long_transaction_fails_fast_and_names_the_blocker() {
     let mut project = Project::new("e2e-migrate-lock", 18124, 1);
     project.set_extra("migrations:\n  lock_timeout_ms: 1500\n");
-    project.commit("v1");
-    project.deploy().assert_code(0);
-    let v1 = project.live_version(0).expect("v1 answers");
+    let v1 = project.deploy_first_release();
     let (code, status) = migrate_status(&project);
     assert_eq!(code, 0, "{status}");
     assert!(
@@ -140,9 +138,7 @@ fn snapshot_count(project: &Project) -> usize {
 #[test]
 fn a_non_transactional_migration_runs_alone_or_not_at_all() {
     let project = Project::new("e2e-migrate-notx", 18181, 1);
-    project.commit("v1");
-    project.deploy().assert_code(0);
-    let v1 = project.live_version(0).expect("v1 answers");
+    let v1 = project.deploy_first_release();
     assert_eq!(schema(&project), "3|false");
     assert_eq!(
         snapshot_count(&project),
@@ -200,9 +196,7 @@ fn a_non_transactional_migration_runs_alone_or_not_at_all() {
 #[test]
 fn a_breaking_migration_stops_before_the_snapshot_until_acknowledged() {
     let mut project = Project::new("e2e-migrate-lint", 18182, 1);
-    project.commit("v1");
-    project.deploy().assert_code(0);
-    let v1 = project.live_version(0).expect("v1 answers");
+    let v1 = project.deploy_first_release();
 
     project.write(
         "migrations/000004_legacy.up.sql",
@@ -265,9 +259,7 @@ fn recorded_schema(project: &Project) -> serde_json::Value {
 #[test]
 fn fc06_a_failed_second_statement_leaves_a_dirty_schema_and_blocks_the_next_deploy() {
     let project = Project::new("e2e-fc06-dirty", 18186, 1);
-    project.commit("v1");
-    project.deploy().assert_code(0);
-    let v1 = project.live_version(0).expect("v1 answers");
+    let v1 = project.deploy_first_release();
     assert_eq!(
         recorded_schema(&project),
         3,

@@ -15,9 +15,7 @@ fn add_migration(project: &Project, version: u32, column: &str) {
 #[test]
 fn snapshots_record_what_they_were_taken_at_and_need_room() {
     let project = Project::new("e2e-snapshots", 18125, 1);
-    project.commit("v1");
-    project.deploy().assert_code(0);
-    let v1 = project.live_version(0).expect("v1 answers");
+    let v1 = project.deploy_first_release();
 
     add_migration(&project, 4, "capacity");
     project.deploy().assert_code(0);

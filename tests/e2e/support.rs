@@ -287,6 +287,13 @@ impl Project {
         Slipway { cmd }
     }
 
+    /// Commits `v1`, deploys it (exit 0 required) and returns the release nginx serves.
+    pub fn deploy_first_release(&self) -> String {
+        self.commit("v1");
+        self.deploy().assert_code(0);
+        self.live_version(0).expect("v1 answers")
+    }
+
     pub fn deploy(&self) -> Run {
         self.slipway().args(["deploy", &self.env]).run()
     }

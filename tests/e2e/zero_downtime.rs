@@ -495,9 +495,7 @@ fn deploy_turning_unhealthy(project: &Project) -> (Change, Instant) {
 #[test]
 fn release_turning_unhealthy_after_the_switch_is_switched_back() {
     let mut project = Project::new("e2e-watch", 18114, 1);
-    project.commit("v1");
-    project.deploy().assert_code(0);
-    let v1 = project.live_version(0).unwrap();
+    let v1 = project.deploy_first_release();
 
     project.set_watch_seconds(40);
     project.set_app_env("FAIL_HEALTH_FILE", UNHEALTHY_FILE);
