@@ -1,7 +1,9 @@
 //! Cleanup after a successful deploy: app images, stopped containers and bundles of this
 //! environment's releases beyond `keep_releases` are removed. The live and previous
 //! releases are always kept; volumes, the database and nginx, and anything not recorded in
-//! this environment's history are never touched.
+//! this environment's history are never touched. Files a killed run left half-written
+//! (`<release>.partial` bundles, which hold secrets, and `*.tmp-slipway` files) are swept:
+//! cleanup runs under the lock, so nothing else can still be writing them.
 
 use std::collections::BTreeSet;
 
@@ -18,6 +20,7 @@ impl Deploy {
         let stale: Vec<&str> = ours.into_iter().filter(|r| !kept.contains(r)).collect();
 
         self.remove_stopped_containers(&kept).await?;
+        self.sweep_leftovers().await?;
         if stale.is_empty() {
             return Ok(());
         }
@@ -61,6 +64,21 @@ impl Deploy {
                 .sh(&format!("docker rm {} >/dev/null", ids.join(" ")))
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Removes what an interrupted run left under temporary names in this environment's
+    /// state directory. Snapshot partials are swept by the snapshot step itself.
+    async fn sweep_leftovers(&self) -> anyhow::Result<()> {
+        let paths = &self.node.paths;
+        self.node
+            .sh(&format!(
+                "rm -rf {releases}/*.partial && \
+                 find {base} -maxdepth 3 -type f -name '*.tmp-slipway' -delete",
+                releases = quote(&paths.releases_dir()),
+                base = quote(paths.base()),
+            ))
+            .await?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Cleanup after deploys (FC-20 shape): this environment's release images on the node stay
 //! within the keep count, while volumes and other projects' images and containers, even
-//! ones that look like ours, are never touched.
+//! ones that look like ours, are never touched; what a killed run left half-written is
+//! swept.
 
 use crate::support::{on_node_ok, HarnessNode, Project};
 
@@ -60,7 +61,21 @@ fn cleanup_keeps_the_newest_releases_and_touches_nothing_else() {
         "the live and previous releases must keep their images"
     );
 
+    let state = project.state_dir();
+    let leftovers = format!(
+        "{state}/releases/r9.partial/secrets/db_password {state}/history.jsonl.tmp-slipway"
+    );
+    on_node_ok(
+        &node,
+        &format!("mkdir -p {state}/releases/r9.partial/secrets && touch {leftovers}"),
+    );
+
     let r3 = deploy_new(&project, "release 3");
+    let left = crate::support::on_node(&node, &format!("ls {leftovers} 2>/dev/null"));
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "a killed run's partial bundle and temporary file must be swept"
+    );
     let all = vec![r1.clone(), r2.clone(), r3.clone()];
     assert_eq!(
         images_present(&node, &all),
