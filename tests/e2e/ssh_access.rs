@@ -99,23 +99,50 @@ fn fc11_a_ci_job_deploys_with_a_key_and_known_hosts_from_variables() {
     check_in_a_clean_container(&project, &key, &scanned);
 }
 
-/// `slipway check` from a bare container on the nodes' network: no ~/.ssh, no agent.
+/// A runner image as bare as a CI job's: Debian with git, no ssh client, no `~/.ssh`.
+const RUNNER_IMAGE: &str = "slipway-e2e-ci-runner:trixie";
+
+fn runner_image() -> &'static str {
+    sh_ok(&format!(
+        "docker image inspect {RUNNER_IMAGE} >/dev/null 2>&1 || printf '%s\\n' \
+           'FROM debian:trixie-slim' \
+           'RUN apt-get update && apt-get install -y --no-install-recommends git \
+              && rm -rf /var/lib/apt/lists/*' | docker build -q -t {RUNNER_IMAGE} - >/dev/null"
+    ));
+    RUNNER_IMAGE
+}
+
+/// `slipway check`, then a deploy of a new commit, from a bare container on the nodes'
+/// network: no `~/.ssh`, no agent, the key and known_hosts from the CI job's variables. The
+/// container drives this machine's Docker engine (socket and static CLI mounted) for the
+/// build, as a CI runner with Docker does.
 fn check_in_a_clean_container(project: &Project, key: &str, known_hosts: &str) {
+    project.commit("v2, deployed from a clean container");
+    let commit = project.git(&["rev-parse", "--short=7", "HEAD"]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("key"), key).unwrap();
     std::fs::write(dir.path().join("known_hosts"), known_hosts).unwrap();
+
     let out = sh_ok(&format!(
         "docker run --rm --network slipway-harness \
-           -v {bin}:/usr/local/bin/slipway:ro -v {root}:/project:ro -v {dir}:/creds:ro \
-           debian:trixie-slim sh -c 'test ! -e /root/.ssh && test -z \"$SSH_AUTH_SOCK\" && \
-             SLIPWAY_SSH_KEY=\"$(cat /creds/key)\" SLIPWAY_KNOWN_HOSTS_FILE=/creds/known_hosts \
-             slipway --root /project check {env} 2>&1'",
+           -v /var/run/docker.sock:/var/run/docker.sock -v $(command -v docker):/usr/local/bin/docker:ro \
+           -v {bin}:/usr/local/bin/slipway:ro -v {root}:/project -v {dir}:/creds:ro \
+           {image} sh -c 'test ! -e /root/.ssh && test -z \"$SSH_AUTH_SOCK\" && \
+             ! command -v ssh >/dev/null && git config --global --add safe.directory /project && \
+             export SLIPWAY_SSH_KEY=\"$(cat /creds/key)\" SLIPWAY_KNOWN_HOSTS_FILE=/creds/known_hosts && \
+             slipway --root /project check {env} 2>&1 && slipway --root /project deploy {env} 2>&1'",
         bin = env!("CARGO_BIN_EXE_slipway"),
         root = project.root().display(),
         dir = dir.path().display(),
+        image = runner_image(),
         env = project.env
     ));
     assert!(out.contains("host key verified"), "{out}");
+    let live = project.live_version(0).unwrap_or_default();
+    assert!(
+        live.starts_with(commit.trim()),
+        "the deploy from the clean container did not put {commit} live (live: {live}):\n{out}"
+    );
 }
 
 #[test]
