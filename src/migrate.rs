@@ -515,8 +515,8 @@ pub async fn revert(node: &Node, reverts: &[Revert]) -> anyhow::Result<Vec<u64>>
     let started = marked("slipway-down-start ").last().copied();
     let Some(v) = started.filter(|v| !reverted.contains(v)) else {
         bail!(
-            "the down migrations could not start (versions reverted before: {reverted:?}); \
-             nothing is dirty: {cause}"
+            "the down migrations stopped before marking a version dirty (reverted so far: \
+             {reverted:?}); the table is clean: {cause}"
         );
     };
     let files: Vec<Migration> = reverts.iter().map(|r| r.file.clone()).collect();
