@@ -61,9 +61,14 @@ pub enum Command {
         /// A release from the node's history (see `status`); default: the previous one.
         #[arg(long)]
         to: Option<String>,
-        /// Go on without asking when the database is newer than the release expects.
+        /// Go on without asking when the database is newer than the release expects, or
+        /// when --migrate-down will revert it.
         #[arg(long)]
         yes: bool,
+        /// Revert the migrations newer than the release expects, with the down files of
+        /// the live release's commit: snapshot, switch, then the down files.
+        #[arg(long)]
+        migrate_down: bool,
         /// Stream one JSON event per line on stdout (human output stays on stderr).
         #[arg(long)]
         json: bool,
@@ -134,6 +139,21 @@ pub enum MigrateCommand {
         #[arg(long = "ref", default_value = "HEAD")]
         git_ref: String,
         /// Go on without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Revert the schema to version --to with the down files of --ref, after a verified
+    /// snapshot, under the environment's lock.
+    Down {
+        #[command(flatten)]
+        target: Target,
+        /// The version to go back to (0: revert every file).
+        #[arg(long)]
+        to: u64,
+        /// The commit whose migrations/ directory gives the down files.
+        #[arg(long = "ref", default_value = "HEAD")]
+        git_ref: String,
+        /// Go on without asking (CI); without a terminal and without --yes it refuses.
         #[arg(long)]
         yes: bool,
     },

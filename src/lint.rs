@@ -302,6 +302,7 @@ mod tests {
             name: format!("m{version}"),
             file: format!("{version:06}_m{version}.up.sql"),
             up: up.to_string(),
+            down: None,
         }
     }
 
@@ -509,6 +510,7 @@ mod tests {
                     version,
                     name: name.clone(),
                     up: std::fs::read_to_string(format!("{dir}/{name}")).unwrap(),
+                    down: None,
                     file: name,
                 })
             })

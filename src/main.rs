@@ -72,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             rollout,
             to,
             yes,
+            migrate_down,
             json,
             ..
         } => {
@@ -79,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 limit: target.limit,
                 to,
                 yes,
+                migrate_down,
                 rollout: rollout.rollout(),
             };
             let reporter = Arc::new(Reporter::new().with_json(json));
@@ -143,6 +145,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 yes,
             };
             deploy::recover(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
+            Ok(exit::OK)
+        }
+        Command::Migrate {
+            command:
+                MigrateCommand::Down {
+                    target,
+                    to,
+                    git_ref,
+                    yes,
+                },
+        } => {
+            let opts = deploy::DownOptions {
+                limit: target.limit,
+                to,
+                git_ref,
+                yes,
+            };
+            deploy::migrate_down(&root, &target.env, &opts, Arc::new(Reporter::new())).await?;
             Ok(exit::OK)
         }
         Command::Snapshot {

@@ -58,7 +58,7 @@ async fn create_on(node: &Node, reporter: &Reporter) -> anyhow::Result<()> {
 
 /// Takes a snapshot of the database as it is and records the live release, its commit and
 /// the schema version beside it. The caller holds the lock and has pruned if it wants to.
-async fn take_recorded(node: &Node) -> anyhow::Result<(String, snapshot::Meta)> {
+pub(crate) async fn take_recorded(node: &Node) -> anyhow::Result<(String, snapshot::Meta)> {
     snapshot::check_room(node).await?;
     let live = history::read(node)
         .await?

@@ -2,6 +2,7 @@
 //! playbook on each node. A node that fails undoes its own change and says what it did.
 
 mod cleanup;
+mod down;
 mod interrupt;
 mod recover;
 mod rollback;
@@ -24,6 +25,7 @@ use crate::playbook::Playbook;
 use crate::render::{self, Images, Renderer};
 use crate::report::Reporter;
 
+pub use down::{run as migrate_down, DownOptions};
 pub use interrupt::Interrupted;
 pub use recover::{run as recover, RecoverOptions};
 pub use rollback::{run as rollback, RollbackOptions};
@@ -47,6 +49,8 @@ pub struct Shared {
     pub release: Release,
     pub playbook: Playbook,
     pub migrations: Vec<Migration>,
+    /// The down files a rollback runs after the switch (`--migrate-down`), newest first.
+    pub revert: Vec<migrate::Revert>,
     pub deploy_id: String,
     /// What the history calls this operation: `deploy` or `rollback`.
     pub action: String,
@@ -131,6 +135,7 @@ pub async fn run(
         release,
         playbook,
         migrations,
+        revert: Vec::new(),
         deploy_id,
         action: "deploy".into(),
         reporter: reporter.clone(),
@@ -313,6 +318,32 @@ fn summary(timings: &[(String, Duration)], bytes: u64) -> String {
         steps.join(", "),
         bytes as f64 / 1e6
     )
+}
+
+/// Asks `question` on the terminal and goes on only on `y`. Without a terminal it refuses
+/// (exit 2), saying that `--yes` confirms; either refusal changed nothing.
+pub(crate) fn ask(question: &str, why: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(Error::config(
+            "--yes",
+            format!("{why}; no terminal to ask on, so nothing was changed"),
+            "read the plan above, then pass --yes to go on",
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        anyhow::bail!(Error::config(
+            "confirmation",
+            "cancelled, nothing was changed",
+            "run it again to confirm"
+        ));
+    }
+    Ok(())
 }
 
 /// Measures a step.

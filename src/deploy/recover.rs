@@ -19,7 +19,8 @@ use crate::report::Reporter;
 pub struct RecoverOptions {
     pub limit: Vec<String>,
     /// The version to record as clean: the dirty one (its file did apply) or the one
-    /// before it (it did not); `0` when there is none before it.
+    /// before it (it did not); `0` when there is none before it. For golang-migrate's
+    /// dirty -1 row: `0` (the first file's down took effect) or the first file's version.
     pub to: u64,
     pub git_ref: String,
     pub yes: bool,
@@ -57,29 +58,40 @@ async fn recover_node(
     opts: &RecoverOptions,
 ) -> anyhow::Result<()> {
     let state = migrate::state(node).await?;
-    let Some(dirty) = state.version.filter(|_| state.dirty) else {
+    if !state.dirty {
         eprintln!("{} | schema is not dirty; nothing to recover", node.name);
         return Ok(());
+    }
+    let (allowed, plan) = match state.version {
+        Some(dirty) => {
+            let before = files
+                .iter()
+                .map(|m| m.version)
+                .filter(|v| *v < dirty)
+                .max()
+                .unwrap_or(0);
+            ([dirty, before], plan_text(dirty, opts.to))
+        }
+        None => {
+            let first = files.iter().map(|m| m.version).min().unwrap_or(0);
+            ([0, first], nil_plan_text(first, opts.to))
+        }
     };
-    let before = files
-        .iter()
-        .map(|m| m.version)
-        .filter(|v| *v < dirty)
-        .max()
-        .unwrap_or(0);
-    if opts.to != dirty && opts.to != before {
+    if !allowed.contains(&opts.to) {
+        let dirty = state
+            .version
+            .map_or("golang-migrate's -1 (no version)".into(), |v| v.to_string());
         bail!(Error::config(
             "--to",
             format!(
-                "{}: version {dirty} is dirty; --to must be {dirty} (its file did apply) or \
-                 {before} (it did not), not {}",
-                node.name, opts.to
+                "{}: version {dirty} is dirty; --to must be {} (its file did apply) or {} \
+                 (it did not), not {}",
+                node.name, allowed[0], allowed[1], opts.to
             ),
             "check which of the two the database holds, then pass that one",
         ));
     }
 
-    let plan = plan_text(dirty, opts.to);
     eprintln!("{} | {plan}", node.name);
     if !opts.yes {
         bail!(Error::config(
@@ -88,12 +100,29 @@ async fn recover_node(
             "read what it will do above, then run it again with --yes",
         ));
     }
-    migrate::force_clean(node, dirty, opts.to).await?;
+    migrate::force_clean(node, state.version, opts.to).await?;
     eprintln!(
         "{} | schema_migrations recorded as {} (clean)",
         node.name, opts.to
     );
     Ok(())
+}
+
+/// The plan for golang-migrate's dirty `NilVersion` row, left by a failed down migration of
+/// the first file (`first`).
+fn nil_plan_text(first: u64, to: u64) -> String {
+    let meaning = if to == 0 {
+        "no migration is taken as applied: the table is emptied, and the next deploy runs \
+         every file"
+            .to_string()
+    } else {
+        format!("migration {first} is taken as still applied; the next deploy starts after it")
+    };
+    format!(
+        "schema_migrations holds golang-migrate's dirty -1 row (no version): a down migration \
+         of the first file failed. Recover will record {to} as clean: {meaning}. No migration \
+         runs."
+    )
 }
 
 fn plan_text(dirty: u64, to: u64) -> String {

@@ -1,22 +1,26 @@
 //! `slipway rollback`: put a release from the node's history back live. The previous
 //! release by default, `--to <release>` for an older one. Its stopped container is started
 //! again when it is still there; otherwise it starts from its image, which cleanup keeps.
-//! Rollback never runs migrations: when the database is newer than the release expects it
-//! says so and asks for confirmation (`--yes` in CI).
+//! By default rollback runs no migration: when the database is newer than the release
+//! expects it says so and asks for confirmation (`--yes` in CI). With `--migrate-down` it
+//! reverts the versions above the release's schema with the down files of the live
+//! release's commit, all checked before any change: a verified snapshot first, then the
+//! usual switch (the older release serves on the newer schema, the blue-green contract),
+//! then the down files once the newer release is drained, then the history record.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::bail;
 
 use super::rollout::{self, Job, Rollout};
-use super::{connect_all, finish, interrupt, lock_all, Shared};
+use super::steps::dirty_message;
+use super::{ask, connect_all, finish, interrupt, lock_all, Shared};
 use crate::config::Environment;
 use crate::error::Error;
 use crate::history::{self, Record};
 use crate::image::{self, Release};
-use crate::migrate;
+use crate::migrate::{self, DownSource, Revert, SchemaState};
 use crate::node::{quote, Node};
 use crate::playbook::{Params, Playbook, Step};
 use crate::render::Renderer;
@@ -27,10 +31,13 @@ pub struct RollbackOptions {
     pub limit: Vec<String>,
     pub to: Option<String>,
     pub yes: bool,
+    /// Revert the migrations newer than the target expects (down files of the live release).
+    pub migrate_down: bool,
     pub rollout: Rollout,
 }
 
-/// The steps of a rollback: no build, no shipping, no snapshot, no migration.
+/// The steps of a rollback: no build, no shipping; with `--migrate-down`, [`DOWN_STEPS`]
+/// join them.
 const STEPS: &[&str] = &[
     "preflight",
     "upload_bundle",
@@ -42,6 +49,10 @@ const STEPS: &[&str] = &[
     "drain",
     "record",
 ];
+
+/// With `--migrate-down`: `snapshot` before the release starts, `migrate_down` once the
+/// newer release is drained (each after the step named first).
+const DOWN_STEPS: &[(&str, &str)] = &[("ensure_infra", "snapshot"), ("drain", "migrate_down")];
 
 pub async fn run(
     root: &Path,
@@ -63,7 +74,7 @@ pub async fn run(
     let nodes = connect_all(&env, &specs).await?;
     let locks = lock_all(&nodes, &deploy_id, &reporter).await?;
     let planned = plan_all(&nodes, opts).await;
-    let plans = match planned.and_then(|plans| confirm(&plans, opts.yes).map(|()| plans)) {
+    let plans = match planned.and_then(|plans| confirm(&plans, opts).map(|()| plans)) {
         Ok(plans) => plans,
         Err(e) => {
             release_all(locks, &nodes).await;
@@ -73,12 +84,7 @@ pub async fn run(
 
     let mut jobs = Vec::new();
     for ((node, lock), plan) in nodes.into_iter().zip(locks).zip(plans) {
-        let shared = Arc::new(shared_for(
-            &env,
-            &plan.target,
-            &deploy_id,
-            reporter.clone(),
-        )?);
+        let shared = Arc::new(shared_for(&env, plan, &deploy_id, reporter.clone())?);
         jobs.push(Job { node, lock, shared });
     }
     interrupt::listen()?;
@@ -97,19 +103,23 @@ struct Plan {
     node: String,
     live: String,
     target: Record,
-    /// Set when the database is newer than the target release expects.
+    /// Set when the database is newer than the target release expects (no `--migrate-down`).
     schema_warning: Option<String>,
+    /// With `--migrate-down`: the down files to run, newest first.
+    revert: Vec<Revert>,
+    /// What `--migrate-down` will do, for the plan.
+    down_text: Option<String>,
 }
 
 async fn plan_all(nodes: &[Node], opts: &RollbackOptions) -> anyhow::Result<Vec<Plan>> {
     let mut plans = Vec::new();
     for node in nodes {
-        plans.push(plan(node, opts.to.as_deref()).await?);
+        plans.push(plan(node, opts).await?);
     }
     Ok(plans)
 }
 
-async fn plan(node: &Node, to: Option<&str>) -> anyhow::Result<Plan> {
+async fn plan(node: &Node, opts: &RollbackOptions) -> anyhow::Result<Plan> {
     let records: Vec<Record> = history::read(node)
         .await?
         .into_iter()
@@ -123,7 +133,7 @@ async fn plan(node: &Node, to: Option<&str>) -> anyhow::Result<Plan> {
         ));
     };
 
-    let target = pick_target(&records, &live, to).map_err(|message| {
+    let target = pick_target(&records, &live, opts.to.as_deref()).map_err(|message| {
         let known: Vec<&str> = records.iter().rev().map(|r| r.release.as_str()).collect();
         Error::config(
             format!("{}:{}", node.name, node.paths.history()),
@@ -136,12 +146,103 @@ async fn plan(node: &Node, to: Option<&str>) -> anyhow::Result<Plan> {
     })?;
     check_image(node, &target).await?;
 
-    Ok(Plan {
+    let live_commit = records.last().map(|r| r.commit.clone()).unwrap_or_default();
+    let mut plan = Plan {
         node: node.name.clone(),
         live,
-        schema_warning: schema_warning(node, &target, &records).await?,
         target,
-    })
+        schema_warning: None,
+        revert: Vec::new(),
+        down_text: None,
+    };
+    let db = match opts.migrate_down {
+        true => migrate::state(node).await?,
+        false => migrate::state(node).await.unwrap_or_default(),
+    };
+    let expected = expected_schema(node, &plan.target).await;
+    let Some(current) = newer_schema(db.version, expected) else {
+        return Ok(plan);
+    };
+    if opts.migrate_down {
+        plan.revert = down_plan(node, &plan, &live_commit, db, expected.unwrap_or(0)).await?;
+        plan.down_text = Some(down_text(&plan.revert, current, &live_commit));
+    } else {
+        plan.schema_warning =
+            Some(schema_warning(node, &plan.target, &live_commit, current, expected).await);
+    }
+    Ok(plan)
+}
+
+/// The schema the target expects: the one its history record names (its highest
+/// migration); a record without one falls back to the migrations of its commit, and a
+/// release with none expects none.
+async fn expected_schema(node: &Node, target: &Record) -> Option<u64> {
+    match target.schema_version {
+        Some(v) => Some(v),
+        None => migrate::load(&node.env.root, &target.commit)
+            .await
+            .ok()
+            .and_then(|files| migrate::expected(&files)),
+    }
+}
+
+/// The down files that take the database from `db` to `to`, read from the live release's
+/// commit and all checked now, before any change.
+async fn down_plan(
+    node: &Node,
+    plan: &Plan,
+    live_commit: &str,
+    db: SchemaState,
+    to: u64,
+) -> anyhow::Result<Vec<Revert>> {
+    if db.dirty {
+        bail!(Error::Step {
+            node: node.name.clone(),
+            step: "plan".into(),
+            cause: dirty_message(db.version),
+            outcome: "nothing was changed".into(),
+            hint: "recover the schema first, then roll back again".into(),
+        });
+    }
+    let root = &node.env.root;
+    if !migrate::has_commit(root, live_commit).await {
+        bail!(Error::config(
+            format!("commit {live_commit}"),
+            format!(
+                "{}: the live release {} was built from commit {live_commit}, which this                  repository does not have, so its down files cannot be read; nothing was changed",
+                node.name, plan.live
+            ),
+            "fetch that commit (`git fetch`), then run the rollback again",
+        ));
+    }
+    let files = migrate::load(root, live_commit)
+        .await
+        .map_err(|e| Error::config("migrations/", format!("{e:#}"), "fix the migration files"))?;
+    let fix = format!(
+        "a release's down files are those it was built with; revert the schema with `slipway          migrate down {env} --to {to} --ref <a commit with the down file>`, then roll back          without --migrate-down (or roll back without it and keep the newer schema)",
+        env = node.env.name
+    );
+    let source = DownSource {
+        commit: live_commit,
+        fix: &fix,
+    };
+    Ok(migrate::plan_down(&files, db, to, &source)?)
+}
+
+fn down_text(revert: &[Revert], current: u64, live_commit: &str) -> String {
+    let versions: Vec<String> = revert
+        .iter()
+        .map(|r| format!("{} ({})", r.version(), r.file.name))
+        .collect();
+    let after = revert
+        .last()
+        .and_then(|r| r.previous)
+        .map_or("no version".into(), |v| format!("version {v}"));
+    format!(
+        "--migrate-down: schema version {current} -> {after}: a verified snapshot first, then the          switch, then the down files of {}, newest first, from commit {}",
+        versions.join(", "),
+        &live_commit[..7.min(live_commit.len())]
+    )
 }
 
 /// The release to go back to: `to`, or the last one that was live before `live`.
@@ -184,29 +285,16 @@ async fn check_image(node: &Node, target: &Record) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Says which migrations the database has that the target release predates. The release
-/// expects the schema its history record names (its highest migration); a record without
-/// one falls back to the migrations of its commit, and a release with none expects none.
+/// Says which migrations the database has that the target release predates.
 async fn schema_warning(
     node: &Node,
     target: &Record,
-    records: &[Record],
-) -> anyhow::Result<Option<String>> {
-    let db = migrate::state(node).await.unwrap_or_default();
-    let expected = match target.schema_version {
-        Some(v) => Some(v),
-        None => migrate::load(&node.env.root, &target.commit)
-            .await
-            .ok()
-            .and_then(|files| migrate::expected(&files)),
-    };
-    let Some(current) = newer_schema(db.version, expected) else {
-        return Ok(None);
-    };
+    live_commit: &str,
+    current: u64,
+    expected: Option<u64>,
+) -> String {
     let floor = expected.unwrap_or(0);
-
-    let live_commit = records.last().map(|r| r.commit.clone()).unwrap_or_default();
-    let files = migrate::load(&node.env.root, &live_commit)
+    let files = migrate::load(&node.env.root, live_commit)
         .await
         .unwrap_or_default();
     let newer: Vec<String> = files
@@ -220,12 +308,13 @@ async fn schema_warning(
         newer.join(", ")
     };
     let expects = expected.map_or("no migration".into(), |v| format!("version {v}"));
-    Ok(Some(format!(
+    format!(
         "the database schema is at version {current}, newer than release {} expects ({expects}); \
-         newer migrations: {newer}. slipway will not run down migrations by itself: the release will \
-         run against the newer schema",
+         newer migrations: {newer}. slipway will not run down migrations unless asked: the \
+         release will run against the newer schema (pass --migrate-down to revert them with \
+         the live release's down files)",
         target.release
-    )))
+    )
 }
 
 /// The database's version when it is newer than the release expects (`None`: the release
@@ -235,65 +324,60 @@ fn newer_schema(database: Option<u64>, expected: Option<u64>) -> Option<u64> {
     (expected.is_none_or(|e| current > e)).then_some(current)
 }
 
-/// Prints the plan and, when the schema is newer, asks before going on.
-fn confirm(plans: &[Plan], yes: bool) -> anyhow::Result<()> {
+/// Prints the plan and, when the schema is newer (or will be reverted), asks before going on.
+fn confirm(plans: &[Plan], opts: &RollbackOptions) -> anyhow::Result<()> {
     for plan in plans {
         eprintln!(
             "{} | rollback: {} -> {}",
             plan.node, plan.live, plan.target.release
         );
-    }
-    let warnings: Vec<&Plan> = plans
-        .iter()
-        .filter(|p| p.schema_warning.is_some())
-        .collect();
-    if warnings.is_empty() || yes {
-        for plan in &warnings {
-            eprintln!(
-                "{} | warning: {}",
-                plan.node,
-                plan.schema_warning.as_deref().unwrap_or_default()
-            );
+        if opts.migrate_down && plan.down_text.is_none() {
+            eprintln!("{} | --migrate-down: the schema needs no revert", plan.node);
         }
+    }
+    let mut asks = false;
+    for plan in plans {
+        if let Some(text) = &plan.down_text {
+            eprintln!("{} | {text}", plan.node);
+            asks = true;
+        }
+        if let Some(warning) = &plan.schema_warning {
+            let label = if opts.yes { "warning: " } else { "" };
+            eprintln!("{} | {label}{warning}", plan.node);
+            asks = true;
+        }
+    }
+    if !asks || opts.yes {
         return Ok(());
     }
+    let why = if opts.migrate_down {
+        "the rollback reverts the database schema and needs confirmation"
+    } else {
+        "the rollback needs confirmation because the database is newer than the release"
+    };
+    ask("roll back?", why)
+}
 
-    for plan in &warnings {
-        eprintln!(
-            "{} | {}",
-            plan.node,
-            plan.schema_warning.as_deref().unwrap_or_default()
-        );
+/// The step names of a rollback, with the down steps when it reverts the schema.
+fn step_names(migrate_down: bool) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    for name in STEPS {
+        names.push(*name);
+        let added = DOWN_STEPS.iter().filter(|(after, _)| after == name);
+        names.extend(added.filter(|_| migrate_down).map(|(_, step)| *step));
     }
-    if !std::io::stdin().is_terminal() {
-        bail!(Error::config(
-            "--yes",
-            "the rollback needs confirmation because the database is newer than the release",
-            "read the warning above, then pass --yes to go on",
-        ));
-    }
-    eprint!("roll back anyway? [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if !matches!(answer.trim(), "y" | "Y" | "yes") {
-        bail!(Error::config(
-            "--yes",
-            "rollback cancelled, nothing was changed",
-            "run it again to confirm"
-        ));
-    }
-    Ok(())
+    names
 }
 
 fn shared_for(
     env: &Environment,
-    target: &Record,
+    plan: Plan,
     deploy_id: &str,
     reporter: Arc<Reporter>,
 ) -> anyhow::Result<Shared> {
-    let steps = STEPS
-        .iter()
+    let target = &plan.target;
+    let steps = step_names(!plan.revert.is_empty())
+        .into_iter()
         .map(|name| Step::Builtin {
             name: name.to_string(),
             params: Params::default(),
@@ -314,6 +398,7 @@ fn shared_for(
             steps,
         },
         migrations: Vec::new(),
+        revert: plan.revert,
         deploy_id: deploy_id.to_string(),
         action: "rollback".into(),
         reporter,
@@ -343,6 +428,19 @@ mod tests {
             .unwrap_err()
             .contains("not in this node's history"));
         assert!(pick_target(&records[..1], "r1", None).is_err());
+    }
+
+    #[test]
+    fn migrate_down_adds_a_snapshot_before_the_start_and_the_down_after_the_drain() {
+        assert_eq!(step_names(false), STEPS);
+        let names = step_names(true);
+        let at = |name: &str| names.iter().position(|n| *n == name).unwrap();
+        assert!(at("ensure_infra") < at("snapshot"));
+        assert!(at("snapshot") < at("start_color"));
+        assert!(at("switch") < at("migrate_down"));
+        assert!(at("drain") < at("migrate_down"));
+        assert!(at("migrate_down") < at("record"));
+        assert_eq!(names.len(), STEPS.len() + 2);
     }
 
     #[test]

@@ -132,6 +132,7 @@ impl Deploy {
             "ensure_infra" => self.ensure_infra().await,
             "snapshot" => self.snapshot().await,
             "migrate" => self.migrate().await,
+            "migrate_down" => self.migrate_down().await,
             "start_color" => self.start_color().await,
             "health_gate" => self.health_gate(params).await,
             "switch" => self.switch().await,
@@ -187,7 +188,7 @@ impl Deploy {
             }
             self.pending = migrate::pending(&self.shared.migrations, state);
             self.schema_version = state.version;
-            if !self.pending.is_empty() && state.version.is_some() {
+            if self.changes_schema() && state.version.is_some() {
                 snapshot::check_room(node).await?;
             }
         } else {
@@ -328,8 +329,13 @@ impl Deploy {
         Ok(())
     }
 
+    /// Whether this run changes the schema: pending migrations, or a rollback's down files.
+    fn changes_schema(&self) -> bool {
+        !self.pending.is_empty() || !self.shared.revert.is_empty()
+    }
+
     async fn snapshot(&mut self) -> anyhow::Result<()> {
-        if self.pending.is_empty() {
+        if !self.changes_schema() {
             self.info("no pending migration: snapshot skipped");
             return Ok(());
         }
@@ -386,6 +392,26 @@ impl Deploy {
         self.info(&format!(
             "migrations applied: {:?}; schema version {}",
             applied,
+            state.version.map_or("none".into(), |v| v.to_string())
+        ));
+        Ok(())
+    }
+
+    /// A rollback's down files (`--migrate-down`), once the release is live and the newer
+    /// one drained, after the snapshot is checked. A failure leaves the release live.
+    async fn migrate_down(&mut self) -> anyhow::Result<()> {
+        let Some(snap) = self.snapshot.clone() else {
+            bail!("refusing to run down migrations without a verified snapshot");
+        };
+        snapshot::verify_present(&self.node, &snap).await?;
+
+        let reverted = migrate::revert(&self.node, &self.shared.revert)
+            .await
+            .map_err(|e| e.context(format!("snapshot taken before the rollback: {snap}")))?;
+        let state = migrate::state(&self.node).await?;
+        self.schema_version = state.version;
+        self.info(&format!(
+            "down migrations run: {reverted:?}; schema version {}; snapshot {snap}",
             state.version.map_or("none".into(), |v| v.to_string())
         ));
         Ok(())
@@ -590,8 +616,15 @@ impl Deploy {
         self.point_current().await
     }
 
-    /// Notes a failed attempt in the history, so cleanup can find what it shipped.
-    async fn record_failure(&self, step: &str) {
+    /// Notes a failed attempt in the history, so cleanup can find what it shipped. A failed
+    /// `migrate_down` leaves the rollback's release live, so the history records it live.
+    async fn record_failure(&mut self, step: &str) {
+        if step == "migrate_down" {
+            if let Err(e) = self.record().await {
+                tracing::warn!(node = %self.node.name, step, "cannot record the rollback: {e:#}");
+            }
+            return;
+        }
         let record = self.history_record("failed");
         if let Err(e) = history::append(&self.node, &record).await {
             tracing::warn!(node = %self.node.name, step, "cannot record the failure: {e:#}");
@@ -744,8 +777,9 @@ pub(super) fn dirty_message(version: Option<u64>) -> String {
     let Some(v) = version else {
         return "the database is dirty with no version: schema_migrations holds golang-migrate's \
                 -1 marker, left by a failed down migration of the first file. Nothing was \
-                changed. Find out what the database holds, then set schema_migrations to it \
-                (golang-migrate's `migrate force`, or by hand) and deploy again"
+                changed. Find out whether the first file's changes are in the database, then \
+                record that with `slipway migrate recover <env> --to 0 --yes` (they are not) \
+                or `--to <first version>` (they are) and deploy again"
             .into();
     };
     format!(

@@ -13,6 +13,9 @@ impl Deploy {
         if let Some(Error::Locked { .. }) = cause.downcast_ref::<Error>() {
             return cause;
         }
+        if step == "migrate_down" {
+            return self.down_failed(cause);
+        }
         let logs = if self.started_new {
             self.new_color_logs().await
         } else {
@@ -43,6 +46,36 @@ impl Deploy {
             cause: cause_text,
             outcome: done.join("; "),
             hint: hint(step),
+        }
+        .into()
+    }
+
+    /// A rollback's down files failed after the switch: the release stays live (it was made
+    /// to serve on the newer schema), the database is dirty as the message says.
+    fn down_failed(&self, cause: anyhow::Error) -> anyhow::Error {
+        let release = &self.shared.release.name;
+        Error::Step {
+            node: self.node.name.clone(),
+            step: "migrate_down".into(),
+            cause: format!("{cause:#}"),
+            outcome: format!(
+                "release {release} stays live on the {} color and is recorded as live; the \
+                 newer release is stopped; the snapshot taken before the rollback is {}",
+                self.new_color,
+                self.snapshot.as_deref().unwrap_or("unknown")
+            ),
+            hint: format!(
+                "see `slipway migrate status {env}`, fix the cause, then `slipway migrate \
+                 recover {env}` as the message says, and finish with `slipway migrate down {env} \
+                 --to {to} --ref <the newer release's commit>`",
+                env = self.node.env.name,
+                to = self
+                    .shared
+                    .revert
+                    .last()
+                    .and_then(|r| r.previous)
+                    .unwrap_or(0)
+            ),
         }
         .into()
     }

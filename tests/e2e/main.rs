@@ -6,6 +6,7 @@ mod support;
 
 mod cleanup;
 mod deploy;
+mod down;
 mod field_cases;
 mod fleet;
 mod host_keys;

@@ -5,11 +5,13 @@
 
 use crate::support::{on_node_ok, Project};
 
-fn schema(project: &Project) -> String {
+/// `schema_migrations` as `<version> <dirty>`.
+pub(crate) fn schema(project: &Project) -> String {
     project.psql("SELECT version || ' ' || dirty FROM schema_migrations")
 }
 
-fn deploy_new(project: &Project, message: &str) -> String {
+/// Commits, deploys (exit 0 required) and returns the release nginx serves.
+pub(crate) fn deploy_new(project: &Project, message: &str) -> String {
     project.commit(message);
     project.deploy().assert_code(0);
     project.live_version(0).expect("the new release answers")

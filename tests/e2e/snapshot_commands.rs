@@ -38,7 +38,8 @@ fn snapshot_files(project: &Project) -> Vec<String> {
         .collect()
 }
 
-fn dumps(project: &Project) -> Vec<String> {
+/// The snapshot files (`.dump`) in the environment's snapshot directory on the first node.
+pub(crate) fn dumps(project: &Project) -> Vec<String> {
     snapshot_files(project)
         .into_iter()
         .filter(|f| f.ends_with(".dump"))
