@@ -5,6 +5,7 @@
 mod support;
 
 mod cleanup;
+mod compat;
 mod deploy;
 mod field_cases;
 mod fleet;
