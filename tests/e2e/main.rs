@@ -4,6 +4,7 @@
 
 mod support;
 
+mod bench_db;
 mod cleanup;
 mod compat;
 mod deploy;
