@@ -250,45 +250,22 @@ fn bench_database_at_scale() {
     let project = Project::new("e2e-bench-db", 18222, 1);
     let v1 = project.deploy_first_release();
 
+    // Each figure is printed as soon as it is measured: the restore, last, may take long.
     let phases = load_events(&project, events);
     let rows = project.psql("SELECT count(*) FROM events");
-    let db_size = project.psql("SELECT pg_database_size('events')");
-    let db_size: u64 = db_size.parse().expect("a size");
-
-    let create = Timed::run(
-        project
-            .slipway()
-            .args(["snapshot", "create", &project.env])
-            .spawn(),
-    );
-    create.assert_ok();
-    let (snapshot, snapshot_bytes) = newest_snapshot(&project);
-
-    let plain = "/snapshots/bench-plain.dump";
-    let (plain_time, _) = timed(|| {
-        db_shell(
-            &project,
-            &format!(
-                "$(ls /usr/lib/postgresql/*/bin/pg_dump | tail -n 1) -Fc -U events -d events \
-                 -f {plain}"
-            ),
-        )
-    });
-    let plain_bytes: u64 = db_shell(&project, &format!("stat -c %s {plain}"))
+    let db_size: u64 = project
+        .psql("SELECT pg_database_size('events')")
         .parse()
         .expect("a size");
-    db_shell(&project, &format!("rm -f {plain}"));
-
-    let restore = Timed::run(
-        project
-            .slipway()
-            .args(["snapshot", "restore", &project.env, &snapshot, "--yes"])
-            .spawn(),
+    println!(
+        "\ndatabase scale benchmark: {rows} events, database {:.1} MB",
+        mb(db_size)
     );
-    // A failed restore rolls back and leaves the database as it was: it is reported with
-    // the figures, and the deploy is still measured.
-    let restored = restore.code == 0;
-    assert_eq!(project.psql("SELECT count(*) FROM events"), rows);
+    for (phase, took) in &phases {
+        println!("  load: {phase}: {:.1} s", secs(*took));
+    }
+
+    let snapshot = measure_snapshots(&project);
 
     commit_schema_change(&project);
     let load = Load::start(&project.url(0, ""), read_write_load());
@@ -298,19 +275,51 @@ fn bench_database_at_scale() {
     let report = load.stop();
     deploy.assert_ok();
     assert_ne!(project.live_version(0), Some(v1));
+    print_deploy(&deploy, &report);
 
-    println!(
-        "\ndatabase scale benchmark: {rows} events, database {:.1} MB",
-        mb(db_size)
+    let restore = Timed::run(
+        project
+            .slipway()
+            .args(["snapshot", "restore", &project.env, &snapshot, "--yes"])
+            .spawn(),
     );
-    for (phase, took) in &phases {
-        println!("  load: {phase}: {:.1} s", secs(*took));
+    print_restore(&restore);
+    if restore.code == 0 {
+        assert_eq!(project.psql("SELECT count(*) FROM events"), rows);
     }
+}
+
+/// `slipway snapshot create` beside a plain `pg_dump -Fc` in the same container; returns
+/// the snapshot's name.
+fn measure_snapshots(project: &Project) -> String {
+    let create = Timed::run(
+        project
+            .slipway()
+            .args(["snapshot", "create", &project.env])
+            .spawn(),
+    );
+    create.assert_ok();
+    let (snapshot, snapshot_bytes) = newest_snapshot(project);
+
+    let plain = "/snapshots/bench-plain.dump";
+    let (plain_time, _) = timed(|| {
+        db_shell(
+            project,
+            &format!(
+                "$(ls /usr/lib/postgresql/*/bin/pg_dump | tail -n 1) -Fc -U events -d events \
+                 -f {plain}"
+            ),
+        )
+    });
+    let plain_bytes: u64 = db_shell(project, &format!("stat -c %s {plain}"))
+        .parse()
+        .expect("a size");
+    db_shell(project, &format!("rm -f {plain}"));
+
     println!(
         "\n{:<44} {:>9} {:>10} {:>8}",
         "operation", "time s", "file MB", "ratio"
     );
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     println!(
         "{:<44} {:>9.1} {:>10.1} {:>8}",
         "plain pg_dump -Fc (same container)",
@@ -323,35 +332,35 @@ fn bench_database_at_scale() {
         "slipway snapshot create",
         secs(create.total()),
         mb(snapshot_bytes),
-        ratio(secs(create.total()), secs(plain_time))
+        secs(create.total()) / secs(plain_time).max(f64::MIN_POSITIVE)
     );
-    let restoring = restore.at("| restore...");
-    let before_restore = restoring.map(|at| at - restore.started);
-    let restore_part = restoring.map(|at| restore.finished - at);
+    snapshot
+}
+
+fn print_restore(restore: &Timed) {
     println!(
         "{:<44} {:>9.1}{}",
         "slipway snapshot restore --yes (all)",
         secs(restore.total()),
-        if restored {
+        if restore.code == 0 {
             ""
         } else {
             "  FAILED (rolled back)"
         }
     );
-    if let (Some(first), Some(part)) = (before_restore, restore_part) {
+    if let Some(at) = restore.at("| restore...") {
         println!(
             "{:<44} {:>9.1}",
             "  of which: checks + snapshot of current state",
-            secs(first)
+            secs(at - restore.started)
         );
         println!(
             "{:<44} {:>9.1}",
             "  of which: restore, ANALYZE, health check",
-            secs(part)
+            secs(restore.finished - at)
         );
     }
-    print_deploy(&deploy, &report);
-    if !restored {
+    if restore.code != 0 {
         println!("\nthe restore failed:");
         restore.lines.iter().for_each(|(_, l)| println!("  {l}"));
     }
