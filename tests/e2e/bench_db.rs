@@ -234,6 +234,10 @@ fn overlapping(report: &Report, from: Instant, to: Instant) -> Report {
 
 fn print_load(label: &str, report: &Report) {
     let writes = report.samples.iter().filter(|s| s.write).count();
+    let causes = report.failure_causes();
+    if !causes.is_empty() {
+        println!("{label}: failed requests by cause: {causes:?}");
+    }
     let longest = report.samples.iter().max_by_key(|s| s.latency());
     println!(
         "{label}: {} ({writes} writes), failed {}, longest {}",
@@ -398,6 +402,9 @@ fn print_deploy(deploy: &Timed, report: &Report) {
         "  whole deploy",
         &report.between(deploy.started, deploy.finished),
     );
+    if let (Some(from), Some(to)) = (step("snapshot"), step("migrate")) {
+        print_load("  snapshot step", &overlapping(report, from, to));
+    }
     if let Some((from, to)) = migration {
         let during = overlapping(report, from, to);
         print_load("  migrate step", &during);
