@@ -27,6 +27,9 @@ pub struct Options {
     pub slow_ms: u64,
     /// The path of the fast requests.
     pub path: String,
+    /// Every n-th request (of those not slow) is a `POST /events` that inserts one event
+    /// (0: none).
+    pub write_every: u64,
     /// The load stops by itself after this long, even if `stop` is never called.
     pub max_duration: Duration,
     /// Worker threads (the most requests in flight at once).
@@ -40,6 +43,7 @@ impl Default for Options {
             slow_every: 0,
             slow_ms: 3000,
             path: "/version".into(),
+            write_every: 0,
             max_duration: Duration::from_secs(600),
             workers: 96,
         }
@@ -74,6 +78,8 @@ pub struct Sample {
     pub sent: Instant,
     pub received: Instant,
     pub slow: bool,
+    /// A `POST /events` rather than a GET.
+    pub write: bool,
     pub outcome: Outcome,
     /// The `X-App-Version` header of the response, if any.
     pub version: Option<String>,
@@ -106,6 +112,7 @@ pub struct Load {
 struct Job {
     due: Instant,
     slow: bool,
+    write: bool,
 }
 
 impl Load {
@@ -209,7 +216,8 @@ fn pace(started: Instant, options: &Options, stop: &AtomicBool, jobs: Sender<Job
             std::thread::sleep(wait);
         }
         let slow = options.slow_every > 0 && i % options.slow_every == options.slow_every - 1;
-        if jobs.send(Job { due, slow }).is_err() {
+        let write = !slow && options.write_every > 0 && i.is_multiple_of(options.write_every);
+        if jobs.send(Job { due, slow, write }).is_err() {
             return false;
         }
         i += 1;
@@ -244,23 +252,48 @@ impl Worker {
         } else {
             (self.options.path.clone(), Duration::from_secs(10))
         };
-        let url = format!("{}{path}", self.base);
         let sent = Instant::now();
-        let (outcome, version) = get(self.agent.get(&url).timeout(timeout));
+        let (outcome, version) = if job.write {
+            let url = format!("{}/events", self.base);
+            send(self.agent.post(&url).timeout(timeout), Some(&event_body()))
+        } else {
+            let url = format!("{}{path}", self.base);
+            send(self.agent.get(&url).timeout(timeout), None)
+        };
         Sample {
             due: job.due,
             sent,
             received: Instant::now(),
             slow: job.slow,
+            write: job.write,
             outcome,
             version,
         }
     }
 }
 
-/// Makes one request and reads its body in full.
-fn get(request: ureq::Request) -> (Outcome, Option<String>) {
-    let response = match request.call() {
+/// The JSON of one event to insert, varied by the clock.
+fn event_body() -> String {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let n = f64::from(clock.subsec_nanos()) / 1e9;
+    format!(
+        r#"{{"name":"load event {n:.6}","lat":{lat:.4},"lon":{lon:.4},"embedding":[{n:.3},0.5,0.5]}}"#,
+        lat = n * 90.0 - 45.0,
+        lon = n * 180.0 - 90.0,
+    )
+}
+
+/// Makes one request (with a JSON body, if any) and reads the answer's body in full.
+fn send(request: ureq::Request, body: Option<&str>) -> (Outcome, Option<String>) {
+    let answer = match body {
+        Some(json) => request
+            .set("Content-Type", "application/json")
+            .send_string(json),
+        None => request.call(),
+    };
+    let response = match answer {
         Ok(response) | Err(ureq::Error::Status(_, response)) => response,
         Err(ureq::Error::Transport(e)) => {
             return (Outcome::transport(kind_of(&e), e.to_string()), None)
@@ -439,7 +472,11 @@ impl Report {
         format!(
             "+{:.3}s {} -> {outcome} after {:.0} ms (version {})",
             (s.sent - self.started).as_secs_f64(),
-            if s.slow { "slow" } else { "fast" },
+            match (s.slow, s.write) {
+                (true, _) => "slow",
+                (_, true) => "write",
+                _ => "fast",
+            },
             ms(s.latency()),
             s.version.as_deref().unwrap_or("-"),
         )

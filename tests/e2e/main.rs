@@ -4,7 +4,9 @@
 
 mod support;
 
+mod bench_db;
 mod cleanup;
+mod compat;
 mod deploy;
 mod down;
 mod field_cases;
