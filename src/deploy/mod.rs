@@ -45,6 +45,8 @@ pub struct Shared {
     pub renderer: Renderer,
     pub images: Images,
     pub release: Release,
+    /// The images saved on this machine for shipping, once for all nodes.
+    pub saved: image::Saved,
     pub playbook: Playbook,
     pub migrations: Vec<Migration>,
     pub deploy_id: String,
@@ -129,6 +131,7 @@ pub async fn run(
         renderer,
         images,
         release,
+        saved: image::Saved::default(),
         playbook,
         migrations,
         deploy_id,
