@@ -73,6 +73,7 @@ impl SshHost {
             authenticate(&mut handle, &target),
         )
         .await??;
+        tracing::info!(address = %target.address, port = target.port, "ssh connection opened");
         Ok(SshHost {
             target,
             handle,

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod bench_fleet;
 mod cleanup;
 mod deploy;
 mod field_cases;
