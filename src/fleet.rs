@@ -218,6 +218,7 @@ pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> anyhow::Result<SshTarge
         .or(entry.identity_file);
     let known_hosts = known_hosts_file(env);
     let keepalive = Duration::from_secs(env.settings.ssh_keepalive_seconds.max(1));
+    let connect_timeout = Duration::from_secs(env.settings.ssh_connect_timeout_seconds.max(1));
 
     let mut jump = None;
     for hop in &entry.proxy_jump {
@@ -233,6 +234,7 @@ pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> anyhow::Result<SshTarge
             known_hosts: credentials::known_hosts(known_hosts.clone()),
             jump,
             keepalive,
+            connect_timeout,
         }));
     }
 
@@ -244,6 +246,7 @@ pub fn ssh_target(env: &Environment, spec: &NodeSpec) -> anyhow::Result<SshTarge
         known_hosts: credentials::known_hosts(known_hosts),
         jump,
         keepalive,
+        connect_timeout,
     })
 }
 

@@ -95,11 +95,13 @@ impl Probe {
 /// GETs `url` from inside the nginx container.
 pub async fn probe(node: &Node, url: &str, timeout: Duration) -> anyhow::Result<Probe> {
     let curl = format!(
-        "exec -T nginx curl -sS -m {} -w '\\n%{{http_code}}' {}",
+        "curl -sS -m {} -w '\\n%{{http_code}}' {}",
         timeout.as_secs().max(1),
         quote(url)
     );
-    let out = node.run(&node.infra_compose(&curl), Input::None).await?;
+    let out = node
+        .run(&node.infra_exec("nginx", &curl), Input::None)
+        .await?;
     let text = out.stdout();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
     let http_status = code.trim().parse().unwrap_or(0);

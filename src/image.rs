@@ -2,8 +2,9 @@
 //! commit, the database and nginx images from `templates/images/`, and each is streamed to
 //! a node over its SSH connection (`docker save | docker load`) only when the node lacks it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -208,8 +209,33 @@ pub async fn local_image_id(tag: &str) -> anyhow::Result<Option<String>> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
 }
 
+/// Images saved on this machine for one run: each tag is saved once (`docker save`) and
+/// its archive, index and size read once, however many nodes need it. Saving a 150 MB
+/// image once per node made eight nodes do eight saves on the workstation at once.
+#[derive(Default)]
+pub struct Saved {
+    archives: tokio::sync::Mutex<HashMap<String, Arc<layers::Saved>>>,
+}
+
+impl Saved {
+    /// The saved archive of `tag`, saving it on the first call.
+    async fn get(&self, tag: &str) -> anyhow::Result<Arc<layers::Saved>> {
+        let mut archives = self.archives.lock().await;
+        if let Some(saved) = archives.get(tag) {
+            return Ok(saved.clone());
+        }
+        let archive = layers::save(tag).await?;
+        let saved = tokio::task::spawn_blocking(move || layers::Saved::read(archive))
+            .await?
+            .with_context(|| format!("cannot read the saved image {tag}"))?;
+        let saved = Arc::new(saved);
+        archives.insert(tag.to_string(), saved.clone());
+        Ok(saved)
+    }
+}
+
 /// Ships `tag` to the node unless it already has the same image. Returns bytes sent.
-pub async fn ship(node: &Node, tag: &str) -> anyhow::Result<u64> {
+pub async fn ship(node: &Node, tag: &str, saved: &Saved) -> anyhow::Result<u64> {
     if node.host.is_local() {
         return Ok(0);
     }
@@ -230,13 +256,8 @@ pub async fn ship(node: &Node, tag: &str) -> anyhow::Result<u64> {
     let remote = remote_layers(node).await?;
     check_room(tag, size, &layers, &remote)?;
 
-    let archive = layers::save(tag).await?;
-    let (archive, plan) = tokio::task::spawn_blocking(move || {
-        let plan = layers::plan(&archive, &remote.chains);
-        (archive, plan)
-    })
-    .await?;
-    let plan = plan.with_context(|| format!("cannot read the saved image {tag}"))?;
+    let archive = saved.get(tag).await?;
+    let plan = archive.plan(&remote.chains)?;
     tracing::info!(node = %node.name, %tag, skipped = plan.skip.len(), layers = plan.layers, "ship");
     let stream = layers::filtered(archive, plan)?;
 

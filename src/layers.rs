@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -93,9 +94,27 @@ struct RootFs {
     diff_ids: Vec<String>,
 }
 
-/// Reads the archive's manifest and image config and plans what to leave out.
-pub fn plan(archive: &Path, present: &HashSet<String>) -> anyhow::Result<Plan> {
-    let (small, links) = read_index(archive)?;
+/// A saved image archive on this machine, with the index every node's plan reads.
+pub struct Saved {
+    archive: tempfile::TempPath,
+    index: Index,
+}
+
+impl Saved {
+    /// Reads the archive's index once (a pass over the whole file).
+    pub fn read(archive: tempfile::TempPath) -> anyhow::Result<Self> {
+        let index = read_index(&archive)?;
+        Ok(Saved { archive, index })
+    }
+
+    /// What a node that has the layer chains `present` does not need.
+    pub fn plan(&self, present: &HashSet<String>) -> anyhow::Result<Plan> {
+        plan_from(&self.index, present)
+    }
+}
+
+/// Plans from the archive's manifest and image config what to leave out.
+fn plan_from((small, links): &Index, present: &HashSet<String>) -> anyhow::Result<Plan> {
     let manifest: Vec<ManifestEntry> = serde_json::from_slice(
         small
             .get("manifest.json")
@@ -173,13 +192,13 @@ fn normalize(path: &Path) -> String {
 
 /// Streams the archive without the planned files, for `docker load` on the node.
 pub fn filtered(
-    archive: tempfile::TempPath,
+    saved: Arc<Saved>,
     plan: Plan,
 ) -> anyhow::Result<impl tokio::io::AsyncRead + Send + Unpin + 'static> {
     let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
     reader.set_nonblocking(true)?;
     std::thread::spawn(move || {
-        if let Err(e) = copy_filtered(&archive, &plan.skip, writer) {
+        if let Err(e) = copy_filtered(&saved.archive, &plan.skip, writer) {
             tracing::debug!("stopped writing the image archive: {e:#}");
         }
     });
@@ -244,7 +263,7 @@ mod tests {
         builder.finish().unwrap();
 
         let present = HashSet::from(["sha256:aa".to_string()]);
-        let plan = plan(&path, &present).unwrap();
+        let plan = plan_from(&read_index(&path).unwrap(), &present).unwrap();
         assert_eq!(plan.layers, 2);
         assert_eq!(plan.skip, HashSet::from(["one/layer.tar".to_string()]));
 

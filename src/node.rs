@@ -126,6 +126,21 @@ impl Node {
         )
     }
 
+    /// `docker exec` of `command` (already quoted for the shell) in the running container
+    /// of the infra project's `service`, found by the labels compose gives it. For commands
+    /// run many times a second across a fleet (health probes): `docker compose exec` first
+    /// loads the whole project, which costs twice the CPU of this on a node.
+    pub fn infra_exec(&self, service: &str, command: &str) -> String {
+        format!(
+            "c=$(docker ps -q --filter label=com.docker.compose.project={project} \
+               --filter label=com.docker.compose.service={service} | head -n 1) && \
+             if [ -z \"$c\" ]; then echo 'service \"'{service}'\" is not running' >&2; exit 1; fi && \
+             exec docker exec \"$c\" {command}",
+            project = quote(&self.paths.infra_project()),
+            service = quote(service),
+        )
+    }
+
     /// `docker compose` on one color's project, with the compose file of `release`.
     pub fn color_compose(&self, color: &str, release: &str, args: &str) -> String {
         format!(

@@ -50,6 +50,9 @@ pub struct Settings {
     /// Seconds between SSH keepalives, so a firewall or proxy that drops idle
     /// connections never cuts a long, silent step (a migration, a snapshot).
     pub ssh_keepalive_seconds: u64,
+    /// Seconds a node gets to accept the TCP connection, finish the SSH handshake and
+    /// authenticate, together; an address that drops packets fails within it.
+    pub ssh_connect_timeout_seconds: u64,
     /// The playbook a deploy runs.
     pub playbook: String,
     /// `deploy` and `rollback` refuse to run without `--limit`, a guard against changing
@@ -148,6 +151,7 @@ impl Default for Settings {
             stop_grace_seconds: 15,
             watch_seconds: 30,
             ssh_keepalive_seconds: 15,
+            ssh_connect_timeout_seconds: 10,
             keep_releases: 3,
             snapshot_retention_days: 7,
             snapshot_lock_wait_seconds: 60,
@@ -359,6 +363,7 @@ fn validate(settings: &Settings, file: &str) -> Result<(), Error> {
         ));
     }
     validate_stop_grace(settings.stop_grace_seconds, file)?;
+    validate_connect_timeout(settings.ssh_connect_timeout_seconds, file)?;
     if !settings.health.path.starts_with('/') {
         return Err(Error::config(
             file,
@@ -389,6 +394,18 @@ fn validate_stop_grace(seconds: u64, file: &str) -> Result<(), Error> {
              the app's shutdown grace is 2 s less"
         ),
         "raise `stop_grace_seconds` to the longest request the app serves plus 2 s",
+    ))
+}
+
+/// 0 would fail every node before its first packet.
+fn validate_connect_timeout(seconds: u64, file: &str) -> Result<(), Error> {
+    if seconds >= 1 {
+        return Ok(());
+    }
+    Err(Error::config(
+        file,
+        "key `ssh_connect_timeout_seconds` must be at least 1 (got 0)",
+        "set it to the seconds a node may take to accept an SSH login, e.g. 10",
     ))
 }
 
@@ -503,6 +520,24 @@ mod tests {
             assert!(err.to_string().contains("`stop_grace_seconds`"), "{err}");
         }
         assert!(validate_stop_grace(3, "inventory/x.yml").is_ok());
+    }
+
+    #[test]
+    fn ssh_connect_timeout_defaults_to_ten_seconds_and_refuses_zero() {
+        assert_eq!(Settings::default().ssh_connect_timeout_seconds, 10);
+        let parsed: Settings = serde_yaml::from_str("ssh_connect_timeout_seconds: 3\n").unwrap();
+        assert_eq!(parsed.ssh_connect_timeout_seconds, 3);
+
+        let err = validate_connect_timeout(0, "inventory/x.yml").unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::INVALID);
+        assert!(
+            err.to_string().contains("`ssh_connect_timeout_seconds`"),
+            "{err}"
+        );
+        assert!(validate_connect_timeout(1, "inventory/x.yml").is_ok());
+
+        let words = serde_yaml::from_str::<Settings>("app: x\nssh_connect_timeout_seconds: soon\n");
+        assert!(words.unwrap_err().to_string().contains("line 2"));
     }
 
     #[test]

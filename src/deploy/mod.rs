@@ -47,6 +47,8 @@ pub struct Shared {
     pub renderer: Renderer,
     pub images: Images,
     pub release: Release,
+    /// The images saved on this machine for shipping, once for all nodes.
+    pub saved: image::Saved,
     pub playbook: Playbook,
     pub migrations: Vec<Migration>,
     /// The down files a rollback runs after the switch (`--migrate-down`), newest first.
@@ -133,6 +135,7 @@ pub async fn run(
         renderer,
         images,
         release,
+        saved: image::Saved::default(),
         playbook,
         migrations,
         revert: Vec::new(),

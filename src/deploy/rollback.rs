@@ -393,6 +393,7 @@ fn shared_for(
             image: target.image.clone(),
             image_id: target.image_id.clone(),
         },
+        saved: image::Saved::default(),
         playbook: Playbook {
             file: "(rollback)".into(),
             steps,

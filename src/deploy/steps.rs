@@ -239,7 +239,7 @@ impl Deploy {
     async fn ship_images(&mut self) -> anyhow::Result<()> {
         let images = &self.shared.images;
         for tag in [&images.postgres, &images.nginx, &self.shared.release.image] {
-            let sent = image::ship(&self.node, tag).await?;
+            let sent = image::ship(&self.node, tag, &self.shared.saved).await?;
             if sent > 0 {
                 self.info(&format!("shipped {tag} ({:.1} MB)", sent as f64 / 1e6));
             }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use russh::keys::ssh_key::{HashAlg, PublicKey};
+use russh::keys::ssh_key::{Algorithm, HashAlg, PublicKey};
 use sha1::Sha1;
 
 /// What the known_hosts file says about a key offered by a host.
@@ -97,6 +97,43 @@ pub fn verify(known: &KnownHosts, host: &str, port: u16, offered: &PublicKey) ->
             file: known.label.clone(),
         },
     }
+}
+
+/// The host key algorithms to ask `host:port` for, most wanted first: russh's default
+/// order, with the types `known` already holds for that host ahead of the others (as
+/// OpenSSH orders them). A node known by its ecdsa or RSA key is then asked for that key,
+/// not refused because it also has an ed25519 key that known_hosts lacks. Nothing is left
+/// out, so an unknown host still offers a key to show in the refusal.
+pub fn preferred_algorithms(known: &KnownHosts, host: &str, port: u16) -> Vec<Algorithm> {
+    let held = held_algorithms(known, host, port);
+    let is_held = |wanted: &Algorithm| {
+        held.iter()
+            .any(|a| a == wanted || (is_rsa(a) && is_rsa(wanted)))
+    };
+    let (first, rest): (Vec<Algorithm>, Vec<Algorithm>) = russh::Preferred::DEFAULT
+        .key
+        .iter()
+        .cloned()
+        .partition(is_held);
+    first.into_iter().chain(rest).collect()
+}
+
+/// An RSA key answers every RSA signature algorithm (`rsa-sha2-512`, `rsa-sha2-256`,
+/// `ssh-rsa`).
+fn is_rsa(algorithm: &Algorithm) -> bool {
+    matches!(algorithm, Algorithm::Rsa { .. })
+}
+
+/// The key types the lines for `host:port` hold (revoked keys left out).
+fn held_algorithms(known: &KnownHosts, host: &str, port: u16) -> Vec<Algorithm> {
+    let pattern = host_pattern(host, port);
+    known
+        .text
+        .lines()
+        .filter_map(parse_line)
+        .filter(|e| !e.revoked && e.hosts.split(',').any(|h| host_matches(h, &pattern)))
+        .map(|e| e.key.algorithm())
+        .collect()
 }
 
 /// A hashed entry for `host:port`, the way `ssh-keygen -H` writes them.
@@ -216,6 +253,9 @@ mod tests {
     const KEY_B: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
 
+    const KEY_ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBLl+34Zl+J5pVDDWaxxT/mDk03r70JzQ4zZ2QWqwzFd5THgt9+0zlIyOfl9/NiuXTzH4GOluI+olZTAEzON68X0=";
+    const KEY_RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC8KOeYIpLETsK0k6qv/saHkjPhKbTTH7IE6iOxuL+jto/Edo7C9girf93NktuSOm+5fCZVK2wGKPCYFpEJQGC2EHyLa6hhEjk5+6xjApuqyr19a0wpgQj87xg4J9l2BYgXt0nKjLj1cp8hwGaXdVeqv+vJHCGbLSSLNQ4ldViiPBpDJ8An80WLBjf6Aoye96Q6RfBC/Owb28c1nYMEdIrW1Es5N51JPqf1Ozx5wPIygUKvN/9t1asXHMaM56WdSIzP3FSwELrdA2HgPX1xmHf3LjASEQVcM5zNGh7IS0jo2HpQ5yKaHcT5CXJSHC7dl3v46f2Fg06Fh0Q+E7VRHgv1";
+
     fn key(text: &str) -> PublicKey {
         PublicKey::from_openssh(text).unwrap()
     }
@@ -269,5 +309,49 @@ mod tests {
             verify(&known, "node-a", 22, &key(KEY_A)),
             Verdict::Changed { .. }
         ));
+    }
+
+    fn preferred(text: &str, host: &str) -> Vec<Algorithm> {
+        preferred_algorithms(&KnownHosts::inline("KH", text.into()), host, 22)
+    }
+
+    #[test]
+    fn a_host_known_by_its_ecdsa_key_is_asked_for_that_key_first() {
+        let known = format!("node-a {KEY_ECDSA}\nnode-b {KEY_A}\n");
+        let order = preferred(&known, "node-a");
+        assert_eq!(order[0], key(KEY_ECDSA).algorithm());
+        assert!(order.contains(&Algorithm::Ed25519), "nothing is left out");
+        assert_eq!(order.len(), russh::Preferred::DEFAULT.key.len());
+        assert_eq!(preferred(&known, "node-b")[0], Algorithm::Ed25519);
+    }
+
+    #[test]
+    fn a_host_known_by_its_rsa_key_is_asked_for_every_rsa_signature_first() {
+        let known = format!(
+            "|1|x|y {KEY_A}\n{}\n",
+            hashed_line("node-a", 22, &key(KEY_RSA)).unwrap()
+        );
+        let order = preferred(&known, "node-a");
+        assert!(order[..3].iter().all(is_rsa), "{order:?}");
+        assert_eq!(
+            order[0],
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512)
+            }
+        );
+        assert_eq!(order[3], Algorithm::Ed25519, "the rest keep russh's order");
+    }
+
+    #[test]
+    fn several_known_types_keep_russh_order_among_themselves_and_revoked_keys_do_not_count() {
+        let known = format!("node-a {KEY_RSA}\nnode-a {KEY_ECDSA}\n@revoked node-a {KEY_A}\n");
+        let order = preferred(&known, "node-a");
+        assert_eq!(order[0], key(KEY_ECDSA).algorithm());
+        assert!(order[1..4].iter().all(is_rsa), "{order:?}");
+        assert_eq!(
+            preferred("", "node-a"),
+            russh::Preferred::DEFAULT.key.to_vec(),
+            "an unknown host gets russh's default order"
+        );
     }
 }

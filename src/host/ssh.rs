@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
@@ -15,8 +15,9 @@ use russh::keys::{
     decode_secret_key, load_secret_key, PrivateKey, PrivateKeyWithHashAlg, PublicKey,
     PublicKeyOrCertificate,
 };
-use russh::ChannelMsg;
+use russh::{ChannelMsg, Preferred};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::credentials::KeySource;
 use super::known_hosts::{self, KnownHosts, Verdict};
@@ -34,9 +35,10 @@ pub struct SshTarget {
     pub jump: Option<Box<SshTarget>>,
     /// Time between keepalives; four unanswered ones end the connection.
     pub keepalive: Duration,
+    /// The longest the TCP connect, the SSH handshake and authentication may take
+    /// together (`ssh_connect_timeout_seconds`); a jump host gets its own.
+    pub connect_timeout: Duration,
 }
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct SshHost {
     target: SshTarget,
@@ -57,13 +59,21 @@ impl SshHost {
             )),
             None => None,
         };
-        let (connected, verdict) = handshake(&target, via.as_deref()).await?;
+        let deadline = Instant::now() + target.connect_timeout;
+        let (connected, verdict) = handshake(&target, via.as_deref(), deadline).await?;
         let mut handle = match connected {
             Err(e) => return Err(refusal(&target, &verdict).unwrap_or_else(|| anyhow!(e))),
             Ok(handle) => handle,
         };
 
-        authenticate(&mut handle, &target).await?;
+        within(
+            &target,
+            deadline,
+            "authentication",
+            authenticate(&mut handle, &target),
+        )
+        .await??;
+        tracing::info!(address = %target.address, port = target.port, "ssh connection opened");
         Ok(SshHost {
             target,
             handle,
@@ -92,11 +102,12 @@ impl SshHost {
 
 type Seen = Arc<Mutex<Option<(Verdict, PublicKey)>>>;
 
-/// Opens the connection up to host key verification (within the connect timeout); the
-/// key the host offered, and what known_hosts says of it, land in the returned slot.
+/// Opens the connection up to host key verification, by `deadline`; the key the host
+/// offered, and what known_hosts says of it, land in the returned slot.
 async fn handshake(
     target: &SshTarget,
     via: Option<&SshHost>,
+    deadline: Instant,
 ) -> anyhow::Result<(Result<Handle<Verifier>, russh::Error>, Seen)> {
     let seen: Seen = Arc::new(Mutex::new(None));
     let verifier = Verifier {
@@ -108,28 +119,81 @@ async fn handshake(
         keepalive_max: 4,
         inactivity_timeout: None,
         nodelay: true,
+        preferred: Preferred {
+            key: known_hosts::preferred_algorithms(
+                &target.known_hosts,
+                &target.address,
+                target.port,
+            )
+            .into(),
+            ..Preferred::default()
+        },
         ..Default::default()
     });
-    let connecting = async {
-        match via {
-            Some(jump) => {
-                let tunnel = jump
-                    .handle
-                    .channel_open_direct_tcpip(&target.address, target.port.into(), "127.0.0.1", 0)
-                    .await?;
-                client::connect_stream(config, tunnel.into_stream(), verifier).await
-            }
-            None => client::connect(config, (target.address.as_str(), target.port), verifier).await,
+    let handshake = "the SSH handshake";
+    let connected = match via {
+        Some(jump) => {
+            let tunnel = jump.handle.channel_open_direct_tcpip(
+                &target.address,
+                target.port.into(),
+                "127.0.0.1",
+                0,
+            );
+            let tunnel = within(target, deadline, "the tunnel through the jump host", tunnel)
+                .await??
+                .into_stream();
+            let connecting = client::connect_stream(config, tunnel, verifier);
+            within(target, deadline, handshake, connecting).await?
+        }
+        None => {
+            let socket = tcp_connect(target, deadline).await?;
+            let connecting = client::connect_stream(config, socket, verifier);
+            within(target, deadline, handshake, connecting).await?
         }
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(connected) => Ok((connected, seen)),
-        Err(_) => bail!(
-            "no SSH answer from {}:{} within {}s",
+    Ok((connected, seen))
+}
+
+/// The TCP connection to the node itself, by `deadline`.
+async fn tcp_connect(target: &SshTarget, deadline: Instant) -> anyhow::Result<TcpStream> {
+    let address = (target.address.as_str(), target.port);
+    let socket = within(
+        target,
+        deadline,
+        "the TCP connect",
+        TcpStream::connect(address),
+    )
+    .await?
+    .map_err(|e| {
+        anyhow!(
+            "{}:{}: the TCP connect failed: {e}; check the address, the port and that sshd \
+                 runs there",
+            target.address,
+            target.port
+        )
+    })?;
+    socket.set_nodelay(true)?;
+    Ok(socket)
+}
+
+/// Runs one phase of the connect (`what`), failing once `deadline` has passed with a
+/// message that names the node, the timeout and the key that sets it.
+async fn within<T>(
+    target: &SshTarget,
+    deadline: Instant,
+    what: &str,
+    phase: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout_at(deadline.into(), phase).await {
+        Ok(done) => Ok(done),
+        Err(_) => Err(anyhow!(
+            "{}:{}: no SSH answer within {}s ({what} did not finish); the node may be down or \
+             a firewall drops its packets. If it is only slow, raise \
+             `ssh_connect_timeout_seconds` in the inventory",
             target.address,
             target.port,
-            CONNECT_TIMEOUT.as_secs()
-        ),
+            target.connect_timeout.as_secs()
+        )),
     }
 }
 
@@ -139,7 +203,8 @@ pub async fn offered_key(target: &SshTarget) -> anyhow::Result<(PublicKey, Verdi
         Some(jump) => Some(SshHost::connect((**jump).clone()).await?),
         None => None,
     };
-    let (connected, seen) = handshake(target, via.as_ref()).await?;
+    let deadline = Instant::now() + target.connect_timeout;
+    let (connected, seen) = handshake(target, via.as_ref(), deadline).await?;
     let recorded = seen.lock().ok().and_then(|slot| slot.clone());
     match (recorded, connected) {
         (Some((verdict, key)), _) => Ok((key, verdict)),

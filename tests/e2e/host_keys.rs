@@ -91,3 +91,36 @@ fn trust_by_fingerprint_only(project: &Project, known_hosts: &Path, offered: &st
         .assert_code(0)
         .assert_stderr_has("already trusted");
 }
+
+/// The harness nodes offer ed25519, ecdsa and RSA host keys; russh asks for ed25519 first
+/// unless told otherwise. A known_hosts that holds only one other type of the node's keys
+/// (as an older `ssh-keyscan` or a provisioning tool may have written it) must still let
+/// slipway in, as it lets OpenSSH in.
+#[test]
+fn a_node_known_only_by_its_ecdsa_or_rsa_key_is_reached() {
+    let mut project = Project::new("e2e-keytypes", 18261, 1);
+    let node = project.nodes[0].clone();
+    let offered = on_node_ok(&node, "ls /etc/ssh/ssh_host_*_key.pub");
+    for kind in ["ed25519", "ecdsa", "rsa"] {
+        assert!(
+            offered.contains(&format!("ssh_host_{kind}_key.pub")),
+            "the node lacks its {kind} host key:\n{offered}"
+        );
+    }
+
+    for kind in ["ecdsa", "rsa"] {
+        let key = on_node_ok(&node, &format!("cat /etc/ssh/ssh_host_{kind}_key.pub"));
+        let only = project.root().join(format!("known_hosts.{kind}"));
+        let line = key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        std::fs::write(&only, format!("{} {line}\n", node.address)).unwrap();
+        project.set_known_hosts(&only);
+
+        let check = project.slipway().args(["check", &project.env]).run();
+        check.assert_code(0);
+        assert!(
+            check.stdout.contains("host key verified"),
+            "{kind}: {}",
+            check.stdout
+        );
+    }
+}

@@ -5,6 +5,7 @@
 mod support;
 
 mod bench_db;
+mod bench_fleet;
 mod cleanup;
 mod compat;
 mod deploy;

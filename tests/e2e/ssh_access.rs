@@ -347,3 +347,72 @@ fn fc12_keepalives_carry_a_long_silent_migration_through_an_idle_cutting_proxy()
         "the proxy cut an idle connection"
     );
 }
+
+/// Points the project's only node at `address:port` instead of its sshd.
+fn point_node_at(project: &Project, address: &str, port: u16) {
+    let rel = format!("inventory/{}.yml", project.env);
+    let text = std::fs::read_to_string(project.root().join(&rel)).unwrap();
+    let node = &project.nodes[0].address;
+    project.write(
+        &rel,
+        &text.replace(
+            &format!("address: {node}\n"),
+            &format!("address: {address}\n    port: {port}\n"),
+        ),
+    );
+}
+
+/// Deploys and checks that the node failed within the timeout plus a few seconds, naming
+/// host:port, the timeout, the phase that hung and the key to change.
+fn fails_within_the_connect_timeout(project: &Project, at: &str, phase: &str, timeout: u64) {
+    let started = Instant::now();
+    let deploy = project.deploy();
+    let took = started.elapsed();
+    deploy
+        .assert_code(1)
+        .assert_stderr_has(&format!("{at}: no SSH answer within {timeout}s"))
+        .assert_stderr_has(&format!("{phase} did not finish"))
+        .assert_stderr_has("ssh_connect_timeout_seconds")
+        .assert_stderr_has("nothing was changed");
+    assert!(
+        took >= Duration::from_secs(timeout) && took < Duration::from_secs(timeout + 5),
+        "the refusal took {took:?} with a {timeout}s connect timeout"
+    );
+}
+
+#[test]
+fn an_address_that_drops_packets_or_never_speaks_ssh_fails_within_the_connect_timeout() {
+    let mut project = Project::new("e2e-blackhole", 18260, 1);
+    let node = project.nodes[0].clone();
+    let drop_rule = "INPUT -p tcp --dport 2222 -j DROP";
+    on_node_ok(
+        &node,
+        &format!("iptables -C {drop_rule} 2>/dev/null || iptables -I {drop_rule}"),
+    );
+    project.set_extra("ssh_connect_timeout_seconds: 3");
+    point_node_at(&project, &node.address, 2222);
+    project.commit("v1");
+    fails_within_the_connect_timeout(
+        &project,
+        &format!("{}:2222", node.address),
+        "the TCP connect",
+        3,
+    );
+    on_node_ok(&node, &format!("iptables -D {drop_rule}"));
+
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = silent.incoming().flatten().collect();
+        drop(held);
+    });
+    project.set_extra("ssh_connect_timeout_seconds: 2");
+    point_node_at(&project, "127.0.0.1", port);
+    project.commit("v2");
+    fails_within_the_connect_timeout(
+        &project,
+        &format!("127.0.0.1:{port}"),
+        "the SSH handshake",
+        2,
+    );
+}

@@ -15,6 +15,22 @@ fn harness_env() -> String {
     std::env::var("SLIPWAY_HARNESS_ENV").unwrap_or_else(|_| "ci".into())
 }
 
+/// How many nodes the harness brings up: 3, or `SLIPWAY_HARNESS_NODES` (the fleet
+/// benchmark asks for 8), and never fewer than the env already has, since `nodes up`
+/// removes the nodes above its count and a benchmark's warmed nodes would go with them.
+fn harness_count(env: &str) -> usize {
+    let asked = std::env::var("SLIPWAY_HARNESS_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(HARNESS_NODES);
+    let existing = sh_ok(&format!(
+        "docker ps -aq --filter label=slipway.harness.env={env} | wc -l"
+    ));
+    asked
+        .max(HARNESS_NODES)
+        .max(existing.trim().parse().unwrap_or(0))
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -31,15 +47,16 @@ pub fn harness() -> &'static [HarnessNode] {
     static NODES: OnceLock<Vec<HarnessNode>> = OnceLock::new();
     NODES.get_or_init(|| {
         let env = harness_env();
+        let count = harness_count(&env);
         let status = Command::new(repo().join("tests/harness/nodes"))
-            .args(["up", &env, &HARNESS_NODES.to_string()])
+            .args(["up", &env, &count.to_string()])
             .current_dir(repo())
             .stdout(Stdio::null())
             .status()
             .expect("tests/harness/nodes runs");
         assert!(status.success(), "tests/harness/nodes up {env} failed");
 
-        (1..=HARNESS_NODES)
+        (1..=count)
             .map(|i| {
                 let container = format!("slipway-{env}-node-{i}");
                 let address = sh_ok(&format!(
