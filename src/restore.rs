@@ -138,9 +138,18 @@ fn prelude(extensions: &[String], lock_wait: u64) -> String {
         ));
     }
     sql.push_str(&format!("SET LOCAL lock_timeout = '{lock_wait}s';\n"));
+    sql.push_str(INDEX_BUILDS);
     sql.push_str(CLEAR_SCHEMA);
     sql
 }
+
+/// How the restore's index builds run. Without parallel workers: a parallel build needs
+/// dynamic shared memory, which the container's default 64 MB `/dev/shm` cannot hold for an
+/// HNSW index of a large table, and the failed build would roll the whole restore back. With
+/// four times the default working memory, so a large HNSW graph spills to disk later (the
+/// app waits for the restore, so its length is downtime), still modest for a small server.
+const INDEX_BUILDS: &str =
+    "SET LOCAL max_parallel_maintenance_workers = 0;\nSET LOCAL maintenance_work_mem = '256MB';\n";
 
 /// Takes every user table's lock, then drops what no extension owns. Objects are found
 /// in the catalogs, so names need no parsing; `CASCADE` takes dependants along, and each
@@ -241,6 +250,10 @@ mod tests {
             .unwrap();
         assert!(begin < create);
         assert!(sql.contains("SET LOCAL lock_timeout = '60s';"));
+        assert!(
+            sql.contains("SET LOCAL max_parallel_maintenance_workers = 0;"),
+            "a parallel index build would not fit the container's /dev/shm"
+        );
         assert!(
             !sql.contains("COMMIT"),
             "only pg_restore's script may commit"

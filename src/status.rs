@@ -329,8 +329,15 @@ pub async fn migrate_status(
 
 fn describe_schema(files: &[migrate::Migration], state: migrate::SchemaState) -> String {
     let Some(version) = state.version else {
+        let dirty = if state.dirty {
+            ", DIRTY: golang-migrate's no-version row (-1) is marked dirty (a failed down of \
+             the first file); deploys are refused until `slipway migrate recover <env> --to 0` (or \
+             `--to <first version>` if its changes are in)"
+        } else {
+            ""
+        };
         return format!(
-            "no migration applied; pending: {}",
+            "no migration applied{dirty}; pending: {}",
             list_versions(&migrate::pending(files, state))
         );
     };

@@ -215,12 +215,19 @@ fn compat_slipway_continues_or_refuses_golang_migrate_state() {
     // (c) A failed down migration of the first file: NilVersion, dirty.
     gm.force(&project, NIL_VERSION, true);
     project.commit("v1");
-    // The wording for -1 is being reworked (recover for -1); "dirty" stays in it.
-    assert_refused(&project, &["dirty"]);
+    assert_refused(&project, &["dirty", "slipway migrate recover <env> --to 0"]);
     assert_eq!(rows(&project), "-1|true", "left as golang-migrate wrote it");
-    // `migrate recover` handles only a positive dirty version (see README); golang-migrate's
-    // own way out is `force -1`, which leaves the table empty.
-    gm.force(&project, NIL_VERSION, false);
+    assert!(
+        migrate_status(&project).contains("DIRTY"),
+        "migrate status must call the -1 row dirty"
+    );
+    // slipway's explicit way out, the counterpart of golang-migrate's `force -1`: an empty
+    // table, which is no version.
+    project
+        .slipway()
+        .args(["migrate", "recover", &project.env, "--to", "0", "--yes"])
+        .run()
+        .assert_code(0);
     assert_eq!(rows(&project), "");
 
     // (d) The empty table is no version: slipway applies every file, leaves one clean row.
