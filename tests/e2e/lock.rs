@@ -311,8 +311,9 @@ fn sigint_during_image_transfer_exits_130_and_leaves_the_old_release_serving() {
     assert_lock_free(&project);
 }
 
-/// FC-14: SIGKILL while a migration sleeps; the next deploy is not blocked by the dead
-/// one's lock, and the migration ends up applied once, the schema clean.
+/// FC-14: SIGKILL while a migration sleeps. Its psql goes on on the node, so the next
+/// deploy (not blocked by the dead one's lock) finds the schema dirty while that session
+/// still runs: it waits for it, and the migration ends up applied once, the schema clean.
 #[test]
 fn a_deploy_killed_during_a_migration_leaves_it_applied_once_and_the_next_deploy_runs() {
     let project = Project::new("e2e-sigkill-migrate", 18245, 1);
@@ -321,7 +322,7 @@ fn a_deploy_killed_during_a_migration_leaves_it_applied_once_and_the_next_deploy
     project.write(
         "migrations/000004_slow_once.up.sql",
         "CREATE TABLE fc14_runs (at timestamptz NOT NULL);
-         SELECT pg_sleep(15);
+         SELECT pg_sleep(45);
          INSERT INTO fc14_runs VALUES (now());
 ",
     );
@@ -339,7 +340,8 @@ fn a_deploy_killed_during_a_migration_leaves_it_applied_once_and_the_next_deploy
     assert_eq!(run.code, -1, "not killed: {}", run.stderr);
 
     let next = project.deploy();
-    next.assert_code(0);
+    next.assert_code(0)
+        .assert_stderr_has("migration 4 is still running (session pid");
     assert_eq!(
         project.psql("SELECT version, dirty FROM schema_migrations"),
         "4|f"
