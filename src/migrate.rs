@@ -194,6 +194,24 @@ pub fn advisory_lock_key(database: &str) -> u32 {
     crc32fast::hash(name.as_bytes()).wrapping_mul(1_486_364_155)
 }
 
+/// The database session holding the migration advisory lock, described, if one does: a
+/// migration still running, perhaps left by an operation that ended (its psql goes on on
+/// the node after slipway is killed or its connection drops).
+pub async fn running_migrator(node: &Node) -> anyhow::Result<Option<String>> {
+    let key = advisory_lock_key(&node.env.settings.database.name);
+    let sql = format!(
+        "SELECT format('session pid %s, running %s s: %s', a.pid, \
+         extract(epoch FROM now() - a.query_start)::int, left(a.query, 120)) \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objsubid = 1 \
+         AND l.objid::bigint = {key} \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         LIMIT 1;"
+    );
+    let row = node.query(&sql).await?;
+    Ok((!row.is_empty()).then_some(row))
+}
+
 /// The psql script that applies `pending` under the advisory lock. The session's lock and
 /// statement timeouts are set once the advisory lock is held (waiting for another migrator
 /// is not a lock to give up on).

@@ -182,7 +182,10 @@ impl Deploy {
         self.new_color = self.old_color.as_deref().map_or("blue", switch::other);
 
         if self.database_running().await? {
-            let state = migrate::state(node).await?;
+            let mut state = migrate::state(node).await?;
+            if state.dirty {
+                state = self.wait_for_running_migration(state).await?;
+            }
             if state.dirty {
                 bail!(dirty_message(state.version));
             }
@@ -197,6 +200,40 @@ impl Deploy {
 
         let in_use = self.schema_version.is_some();
         crate::lint::check(&self.pending, &node.env.settings.migrations, in_use)
+    }
+
+    /// A dirty mark whose migration still runs (in a session left by an operation that
+    /// ended) is not a failure yet: waits, within the migration's statement timeout, for
+    /// that session to let go of the advisory lock, then reads the state again.
+    async fn wait_for_running_migration(
+        &self,
+        state: migrate::SchemaState,
+    ) -> anyhow::Result<migrate::SchemaState> {
+        let limit = self.node.env.settings.migrations.statement_timeout_seconds + 30;
+        let deadline = std::time::Instant::now() + Duration::from_secs(limit);
+        let mut told = false;
+        while let Some(session) = migrate::running_migrator(&self.node).await? {
+            if !told {
+                self.info(&format!(
+                    "migration {} is still running ({session}), left by an operation that \
+                     ended; waiting up to {limit}s for it to finish",
+                    state.version.map_or("-".into(), |v| v.to_string())
+                ));
+                told = true;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "migration {} still runs after {limit}s ({session}); wait for it, or end \
+                     that session, then deploy again",
+                    state.version.map_or("-".into(), |v| v.to_string())
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        if !told {
+            return Ok(state);
+        }
+        migrate::state(&self.node).await
     }
 
     async fn check_free_space(&self) -> anyhow::Result<()> {

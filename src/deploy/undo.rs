@@ -37,6 +37,16 @@ impl Deploy {
         }
 
         let mut cause_text = format!("{cause:#}");
+        let mut next = hint(step);
+        if !self.node.host.connected() {
+            cause_text = format!(
+                "the node could not be reached: its SSH connection was lost during the step, \
+                 so the undo could not run there; {cause_text}"
+            );
+            next = "once the node answers again, see what it runs with `slipway status` (the \
+                    new color may still be there) and deploy again"
+                .into();
+        }
         if !logs.is_empty() {
             cause_text.push_str(&format!("\nlast lines of the new container's log:\n{logs}"));
         }
@@ -45,7 +55,7 @@ impl Deploy {
             step: step.to_string(),
             cause: cause_text,
             outcome: done.join("; "),
-            hint: hint(step),
+            hint: next,
         }
         .into()
     }

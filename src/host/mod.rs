@@ -100,6 +100,12 @@ pub trait Host: Send + Sync {
         false
     }
 
+    /// Whether the connection to the node is still up (an SSH connection whose keepalives
+    /// went unanswered is closed for good).
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// Bytes sent to the node so far.
     fn bytes_sent(&self) -> u64 {
         0

@@ -416,6 +416,10 @@ impl Host for SshHost {
     fn bytes_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
+
+    fn connected(&self) -> bool {
+        !self.handle.is_closed()
+    }
 }
 
 /// Copies a stream into the channel in chunks, counting bytes.

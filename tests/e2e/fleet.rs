@@ -1,7 +1,9 @@
 //! Three nodes at once: `--limit` by name, glob and label, a node that fails its health
 //! check while the others go live, and a failing canary that keeps the others untouched.
 
-use crate::support::{on_node_ok, repo, Project};
+use std::time::{Duration, Instant};
+
+use crate::support::{on_node_ok, repo, sh_ok, Project, Watched};
 
 /// The three nodes' names and labels, in inventory order.
 const NODES: [(&str, &str); 3] = [
@@ -221,4 +223,150 @@ fn a_failing_canary_keeps_every_other_node_untouched() {
         "the failed canary's color is still there"
     );
     assert_all_locks_free(&project);
+}
+
+/// Waits until `lock status` shows every node free (a session the node had not yet seen
+/// die may hold its flock for a moment).
+fn wait_all_locks_free(project: &Project, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let lock = project
+            .slipway()
+            .args(["lock", "status", &project.env])
+            .run();
+        if NODES
+            .iter()
+            .all(|(n, _)| lock.stdout.contains(&format!("{n}: free")))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "locks still held: {}",
+            lock.stdout
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One node frozen mid-deploy (`docker pause`: its processes stop answering, as across a
+/// network cut, but nothing on it dies or restarts, so what it runs afterwards is exactly
+/// what the cut left): the run ends within the SSH keepalive's bound, the other nodes go
+/// live, the row names the node, its step and the lost connection; once the node is back,
+/// `status` tells what it serves and a deploy to it is not blocked by its old lock.
+#[test]
+fn a_node_cut_off_mid_deploy_fails_alone_and_takes_a_deploy_once_back() {
+    let project = Project::new("e2e-fleet-cut", 18240, 3);
+    write_inventory(&project, None, "ssh_keepalive_seconds: 1\n");
+    project.deploy().assert_code(0);
+    let v1 = project.live_version(2).expect("edge-1 serves v1");
+
+    project.commit("v2");
+    let mut deploy = Watched::start(project.slipway().args(["deploy", &project.env]));
+    deploy.wait_for_line(&["edge-1 | ", "health_gate..."], Duration::from_secs(600));
+    let edge = &project.nodes[2].container;
+    // The freezer can fail on a loaded machine ("unable to freeze"): try again at once.
+    sh_ok(&format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do docker pause {edge} >/dev/null 2>&1 && exit 0; sleep 0.3; done; \
+         docker pause {edge}"
+    ));
+    let (run, took) = deploy.finish(Duration::from_secs(600));
+    sh_ok(&format!("docker unpause {edge}"));
+
+    run.assert_code(1);
+    assert!(
+        took < Duration::from_secs(90),
+        "ended {took:?} after the cut"
+    );
+    let row = summary_row(&run.stderr, "edge-1");
+    assert!(
+        row.contains("failed") && row.contains("health_gate"),
+        "{row}"
+    );
+    assert!(row.contains("could not be reached"), "{row}");
+    run.assert_stderr_has("2 of 3 node(s) succeeded; did not succeed: edge-1 (failed)");
+    let v2 = project.live_version(0).expect("web-1 serves");
+    assert_ne!(v2, v1);
+    assert_eq!(project.live_version(1).as_deref(), Some(v2.as_str()));
+
+    wait_all_locks_free(&project, Duration::from_secs(30));
+    let status = project
+        .slipway()
+        .args(["status", &project.env, "--limit", "edge-1", "--json"])
+        .run();
+    status.assert_code(0);
+    let served = project.live_version(2).expect("edge-1 answers once back");
+    assert_eq!(served, v1, "the cut node switched");
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    let row = &rows[0];
+    assert_eq!(row["node"], "edge-1", "{rows}");
+    assert_eq!(
+        row["version"],
+        served.as_str(),
+        "status lies about edge-1: {rows}"
+    );
+    assert!(row["error"].is_null(), "{rows}");
+
+    let again = project
+        .slipway()
+        .args(["deploy", &project.env, "--limit", "edge-1"])
+        .run();
+    again.assert_code(0);
+    assert_eq!(project.live_version(2).as_deref(), Some(v2.as_str()));
+    assert_all_locks_free(&project);
+}
+
+/// FC-15 (b): another process holds the third node's lock (its flock taken in a shell on
+/// the node, with a holder record beside it). The deploy is refused before any build or
+/// change, names the holder, and lets go of the locks it took on the first two nodes.
+#[test]
+fn a_lock_held_on_the_third_node_refuses_the_deploy_and_frees_the_other_two() {
+    let project = project("e2e-fleet-held", 18241);
+    let dir = project.state_dir();
+    let holder = r#"{"user": "ops", "host": "jump-7", "pid": 4242, "deploy_id": "d-20261204000000-4242", "operation": "deploy", "started_at": "2026-12-04T00:00:00Z", "step": "migrate"}"#;
+    let edge = &project.nodes[2];
+    on_node_ok(
+        edge,
+        &format!(
+            "mkdir -p {dir} && printf '%s' '{holder}' > {dir}/lock.holder && \
+             sh -c 'exec 9>{dir}/lock && flock -n 9 && echo $$ > /tmp/e2e-fleet-held.pid && exec sleep 600' \
+             >/dev/null 2>&1 & sleep 1; cat /tmp/e2e-fleet-held.pid"
+        ),
+    );
+
+    let run = project.deploy();
+    let pid = on_node_ok(edge, "cat /tmp/e2e-fleet-held.pid");
+    on_node_ok(edge, &format!("kill {pid}; rm -f /tmp/e2e-fleet-held.pid"));
+
+    run.assert_code(3)
+        .assert_stderr_has("edge-1")
+        .assert_stderr_has("ops@jump-7 pid 4242")
+        .assert_stderr_has("d-20261204000000-4242");
+    assert!(
+        !run.stderr.contains("building"),
+        "built before being refused:\n{}",
+        run.stderr
+    );
+    for node in 0..2 {
+        let left = on_node_ok(
+            &project.nodes[node],
+            &format!(
+                "ls -A {dir}; docker ps -aq --filter label=com.docker.compose.project=events-{}",
+                project.env
+            ),
+        );
+        assert_eq!(left, "lock", "node {node} was changed: {left}");
+        assert_eq!(app_containers(&project, node), 0);
+    }
+    let lock = project
+        .slipway()
+        .args(["lock", "status", &project.env])
+        .run();
+    for name in ["web-1", "web-2"] {
+        assert!(
+            lock.stdout.contains(&format!("{name}: free")),
+            "{}",
+            lock.stdout
+        );
+    }
 }

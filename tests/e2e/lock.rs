@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{on_node, on_node_ok, sh_ok, Project, Run};
+use crate::support::{on_node, on_node_ok, sh_ok, Project, Run, Watched};
 
 /// A playbook whose custom node step sleeps, so a deploy holds its lock for a while.
 fn slow_playbook(project: &mut Project, seconds: u32) {
@@ -22,7 +22,7 @@ fn slow_playbook(project: &mut Project, seconds: u32) {
 
 /// Waits until `lock status` shows the environment held in step `step`.
 fn wait_for_step(project: &Project, step: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
         let run = project
             .slipway()
@@ -256,5 +256,143 @@ fn sigterm_during_the_health_gate_removes_the_new_color_and_exits_143() {
             .status
             .success(),
         "the holder record is left behind"
+    );
+
+    project.clear_app_env();
+    project.set_watch_seconds(60);
+    project.commit("v3, watched for a minute");
+    let mut third = Watched::start(project.slipway().args(["deploy", &project.env]));
+    third.wait_for_line(&["node-1 | watch..."], Duration::from_secs(600));
+    assert_ne!(
+        project.live_version(0).as_deref(),
+        Some(v1.as_str()),
+        "not switched"
+    );
+    third.signal("TERM");
+    let (run, took) = third.finish(Duration::from_secs(120));
+    run.assert_code(143)
+        .assert_stderr_has("step `watch`")
+        .assert_stderr_has("traffic is back on the blue color");
+    assert!(took < Duration::from_secs(60), "the undo took {took:?}");
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+    assert_eq!(color_containers(&project, "green"), 0);
+    assert_lock_free(&project);
+}
+
+/// `lock status` says node-1 is free.
+#[track_caller]
+fn assert_lock_free(project: &Project) {
+    let lock = project
+        .slipway()
+        .args(["lock", "status", &project.env])
+        .run();
+    assert!(lock.stdout.contains("node-1: free"), "{}", lock.stdout);
+}
+
+/// FC-14: SIGINT while the new release's image is being shipped: exit 130, nothing of
+/// the new release runs, the old one serves, the lock is free.
+#[test]
+fn sigint_during_image_transfer_exits_130_and_leaves_the_old_release_serving() {
+    let project = Project::new("e2e-sigint-ship", 18242, 1);
+    let v1 = project.deploy_first_release();
+
+    project.commit("v2");
+    let mut second = Watched::start(project.slipway().args(["deploy", &project.env]));
+    second.wait_for_line(&["node-1 | ship_images..."], Duration::from_secs(600));
+    second.signal("INT");
+    let (run, _) = second.finish(Duration::from_secs(120));
+
+    run.assert_code(130)
+        .assert_stderr_has("SIGINT")
+        .assert_stderr_has("step `ship_images`");
+    assert_eq!(project.live_version(0).as_deref(), Some(v1.as_str()));
+    assert_eq!(color_containers(&project, "green"), 0, "v2 started");
+    assert_eq!(color_containers(&project, "blue"), 1);
+    assert_lock_free(&project);
+}
+
+/// FC-14: SIGKILL while a migration sleeps. Its psql goes on on the node, so the next
+/// deploy (not blocked by the dead one's lock) finds the schema dirty while that session
+/// still runs: it waits for it, and the migration ends up applied once, the schema clean.
+#[test]
+fn a_deploy_killed_during_a_migration_leaves_it_applied_once_and_the_next_deploy_runs() {
+    let project = Project::new("e2e-sigkill-migrate", 18245, 1);
+    project.deploy_first_release();
+
+    project.write(
+        "migrations/000004_slow_once.up.sql",
+        "CREATE TABLE fc14_runs (at timestamptz NOT NULL);
+         SELECT pg_sleep(45);
+         INSERT INTO fc14_runs VALUES (now());
+",
+    );
+    project.write(
+        "migrations/000004_slow_once.down.sql",
+        "DROP TABLE fc14_runs;
+",
+    );
+    project.commit("v2 with a slow migration");
+    let mut killed = Watched::start(project.slipway().args(["deploy", &project.env]));
+    killed.wait_for_line(&["node-1 | migrate..."], Duration::from_secs(600));
+    std::thread::sleep(Duration::from_secs(2));
+    killed.signal("KILL");
+    let (run, _) = killed.finish(Duration::from_secs(30));
+    assert_eq!(run.code, -1, "not killed: {}", run.stderr);
+
+    let next = project.deploy();
+    next.assert_code(0)
+        .assert_stderr_has("migration 4 is still running (session pid");
+    assert_eq!(
+        project.psql("SELECT version, dirty FROM schema_migrations"),
+        "4|f"
+    );
+    assert_eq!(project.psql("SELECT count(*) FROM fc14_runs"), "1");
+    assert_lock_free(&project);
+}
+
+/// FC-15 (a): staging and production share a node. Staging's deploy holds its lock while
+/// production deploys, and neither lock status shows the other's holder.
+#[test]
+fn staging_holding_its_lock_does_not_block_production_on_the_same_node() {
+    let mut staging = Project::new("e2e-lock-staging", 18243, 1);
+    slow_playbook(&mut staging, 300);
+    let production = Project::new("e2e-lock-prod", 18244, 1);
+
+    let mut held = Watched::start(staging.slipway().args(["deploy", &staging.env]));
+    held.wait_for_line(&["node-1 | hold..."], Duration::from_secs(600));
+    let staging_id = holder_deploy_id(&staging);
+
+    let run = production.deploy();
+    run.assert_code(0);
+    assert!(!run.stderr.contains(&staging_id), "{}", run.stderr);
+    assert!(production.live_version(0).is_some());
+
+    let prod_lock = production
+        .slipway()
+        .args(["lock", "status", &production.env])
+        .run();
+    assert!(
+        prod_lock.stdout.contains("node-1: free"),
+        "{}",
+        prod_lock.stdout
+    );
+    assert!(
+        !prod_lock.stdout.contains(&staging_id),
+        "{}",
+        prod_lock.stdout
+    );
+    assert_eq!(
+        holder_deploy_id(&staging),
+        staging_id,
+        "staging lost its lock"
+    );
+
+    held.signal("TERM");
+    let (stopped, _) = held.finish(Duration::from_secs(60));
+    stopped.assert_code(143);
+    assert_lock_free(&staging);
+    assert!(
+        production.live_version(0).is_some(),
+        "production stopped serving"
     );
 }

@@ -475,3 +475,97 @@ fn parse_body(resp: ureq::Response) -> serde_json::Value {
     let text = resp.into_string().unwrap_or_default();
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
+
+/// A slipway running in the background whose stderr lines are read as they arrive, so a
+/// test can act when a node reaches a step (`web-1 | ship_images...`).
+pub struct Watched {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: std::thread::JoinHandle<()>,
+    stdout: std::thread::JoinHandle<String>,
+}
+
+impl Watched {
+    pub fn start(slipway: Slipway) -> Self {
+        use std::io::{BufRead, BufReader, Read};
+
+        let mut child = slipway.spawn();
+        let mut out = child.stdout.take().expect("piped stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
+        let err = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let (send, lines) = std::sync::mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                let _ = send.send(line);
+            }
+        });
+        Watched {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            stdout,
+        }
+    }
+
+    /// Waits for a stderr line containing every one of `parts`; panics after `limit` or
+    /// when slipway ends first.
+    #[track_caller]
+    pub fn wait_for_line(&mut self, parts: &[&str], limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if parts.iter().all(|p| line.contains(p)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with {parts:?} within {limit:?}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) to slipway.
+    pub fn signal(&self, name: &str) {
+        sh_ok(&format!("kill -{name} {}", self.child.id()));
+    }
+
+    /// Waits for slipway to end (killing it and panicking after `limit`); returns the run
+    /// and how long the wait took.
+    pub fn finish(mut self, limit: Duration) -> (Run, Duration) {
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "slipway still ran after {limit:?}:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let took = started.elapsed();
+        self.stderr.join().unwrap();
+        self.seen.extend(self.lines.try_iter());
+        let run = Run {
+            code: status.code().unwrap_or(-1),
+            stdout: self.stdout.join().unwrap_or_default(),
+            stderr: self.seen.join("\n"),
+        };
+        (run, took)
+    }
+}
