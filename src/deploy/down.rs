@@ -10,13 +10,13 @@ use std::sync::Arc;
 use anyhow::bail;
 
 use super::steps::dirty_message;
-use super::{ask, connect_all, lock_all};
+use super::{ask, connect_all, lock_all, resolve_ref};
 use crate::config::Environment;
 use crate::error::Error;
 use crate::migrate::{self, DownSource, Migration, Revert};
 use crate::node::Node;
 use crate::report::Reporter;
-use crate::{fleet, image, snapshot, snapshot_cmd};
+use crate::{fleet, snapshot, snapshot_cmd};
 
 pub struct DownOptions {
     pub limit: Vec<String>,
@@ -34,18 +34,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load(root, env_name)?);
     let specs = fleet::select(&env, &opts.limit)?;
-    let (_, commit) = image::resolve(root, &env.settings.app, &opts.git_ref)
-        .await
-        .map_err(|e| {
-            Error::config(
-                "--ref",
-                e.to_string(),
-                "pass a commit, branch or tag that exists",
-            )
-        })?;
-    let files = migrate::load(root, &commit)
-        .await
-        .map_err(|e| Error::config("migrations/", format!("{e:#}"), "fix the migration files"))?;
+    let (_, commit, files) = resolve_ref(root, &env, &opts.git_ref).await?;
     let id = format!(
         "m-{}-{}",
         chrono::Utc::now().format("%Y%m%d%H%M%S"),

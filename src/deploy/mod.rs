@@ -83,18 +83,7 @@ pub async fn run(
         render::check_all(&env, &spec.name, &renderer, &tags)?;
     }
 
-    let (name, commit) = image::resolve(root, &env.settings.app, &opts.git_ref)
-        .await
-        .map_err(|e| {
-            Error::config(
-                "--ref",
-                e.to_string(),
-                "pass a commit, branch or tag that exists",
-            )
-        })?;
-    let migrations = migrate::load(root, &commit)
-        .await
-        .map_err(|e| Error::config("migrations/", format!("{e:#}"), "fix the migration files"))?;
+    let (name, commit, migrations) = resolve_ref(root, &env, &opts.git_ref).await?;
     check_source(root, opts, &commit).await?;
     let deploy_id = format!(
         "d-{}-{}",
@@ -172,6 +161,29 @@ pub(crate) fn finish(ended: Vec<Ended>, reporter: &Reporter) -> anyhow::Result<(
         }
     }
     Err(signal.into())
+}
+
+/// Resolves `git_ref` to the release it names and its commit, with the migration files of
+/// that commit; a ref that does not exist or broken migration files are exit 2.
+pub(super) async fn resolve_ref(
+    root: &Path,
+    env: &Environment,
+    git_ref: &str,
+) -> anyhow::Result<(String, String, Vec<Migration>)> {
+    let (name, commit) = image::resolve(root, &env.settings.app, git_ref)
+        .await
+        .map_err(|e| {
+            Error::config(
+                "--ref",
+                e.to_string(),
+                "pass a commit, branch or tag that exists",
+            )
+        })?;
+
+    let migrations = migrate::load(root, &commit)
+        .await
+        .map_err(|e| Error::config("migrations/", format!("{e:#}"), "fix the migration files"))?;
+    Ok((name, commit, migrations))
 }
 
 /// Refuses, before any node is touched, a deploy whose source is not what the operator

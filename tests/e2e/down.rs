@@ -6,7 +6,7 @@
 
 use crate::rollback::{deploy_new, schema};
 use crate::snapshot_commands::dumps;
-use crate::support::{on_node_ok, Project};
+use crate::support::{on_node_ok, Project, Slipway};
 
 const CAPACITY: &str = "SELECT count(*) FROM information_schema.columns \
                         WHERE table_name = 'events' AND column_name = 'capacity'";
@@ -30,6 +30,18 @@ fn migrate_status(project: &Project) -> String {
     run.stdout
 }
 
+/// `slipway rollback --to <release> --migrate-down --yes`, ready to run.
+fn rollback_down(project: &Project, release: &str) -> Slipway {
+    project.slipway().args([
+        "rollback",
+        &project.env,
+        "--to",
+        release,
+        "--migrate-down",
+        "--yes",
+    ])
+}
+
 #[test]
 fn fc19_rollback_reverts_the_newer_releases_migration() {
     let project = Project::new("e2e-fc19-down", 18200, 1);
@@ -40,18 +52,7 @@ fn fc19_rollback_reverts_the_newer_releases_migration() {
     assert_eq!(project.psql(CAPACITY), "1");
     let before = dumps(&project).len();
 
-    let back = project
-        .slipway()
-        .args([
-            "rollback",
-            &project.env,
-            "--to",
-            &v1,
-            "--migrate-down",
-            "--yes",
-        ])
-        .args(["--json"])
-        .run();
+    let back = rollback_down(&project, &v1).args(["--json"]).run();
     back.assert_code(0)
         .assert_stderr_has(&format!("rollback: {v2} -> {v1}"))
         .assert_stderr_has("--migrate-down: schema version 4 -> version 3")
@@ -109,17 +110,7 @@ fn fc19_a_missing_or_empty_down_file_is_refused_before_any_change() {
     assert_eq!(schema(&project), "5 false");
     let before = dumps(&project);
 
-    let refused = project
-        .slipway()
-        .args([
-            "rollback",
-            &project.env,
-            "--to",
-            &v1,
-            "--migrate-down",
-            "--yes",
-        ])
-        .run();
+    let refused = rollback_down(&project, &v1).run();
     refused
         .assert_code(2)
         .assert_stderr_has("migrations/000005_add_venue.down.sql is missing")
@@ -135,17 +126,7 @@ fn fc19_a_missing_or_empty_down_file_is_refused_before_any_change() {
     project.git(&["reset", "-q", "--hard", "HEAD~1"]);
     project.git(&["reflog", "expire", "--expire=now", "--all"]);
     project.git(&["gc", "-q", "--prune=now"]);
-    let unknown = project
-        .slipway()
-        .args([
-            "rollback",
-            &project.env,
-            "--to",
-            &v1,
-            "--migrate-down",
-            "--yes",
-        ])
-        .run();
+    let unknown = rollback_down(&project, &v1).run();
     unknown
         .assert_code(2)
         .assert_stderr_has(&format!("commit {}", live_commit.trim()))
@@ -165,17 +146,7 @@ fn fc19_a_failing_down_file_leaves_the_older_release_live_and_names_the_way_out(
     deploy_new(&project, "v2: a down file that fails");
     let before = dumps(&project).len();
 
-    let failed = project
-        .slipway()
-        .args([
-            "rollback",
-            &project.env,
-            "--to",
-            &v1,
-            "--migrate-down",
-            "--yes",
-        ])
-        .run();
+    let failed = rollback_down(&project, &v1).run();
     failed
         .assert_code(1)
         .assert_stderr_has("step `migrate_down` failed")
