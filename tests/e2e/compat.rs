@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::migrations::snapshot_count;
 use crate::support::{on_node, Project};
 
 /// golang-migrate's "no version".
@@ -129,20 +130,6 @@ fn up_file(project: &Project, name: &str) -> String {
 /// `version|dirty` of every row of `schema_migrations`.
 fn rows(project: &Project) -> String {
     project.psql("SELECT version || '|' || dirty FROM schema_migrations ORDER BY version")
-}
-
-fn snapshot_count(project: &Project) -> usize {
-    let out = on_node(
-        &project.nodes[0],
-        &format!(
-            "ls {}/snapshots/ 2>/dev/null | grep -c '\\.dump$'",
-            project.state_dir()
-        ),
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
 }
 
 fn migrate_status(project: &Project) -> String {

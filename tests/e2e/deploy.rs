@@ -161,11 +161,7 @@ fn unhealthy_release_keeps_the_old_version_serving() {
         ),
     );
     assert!(green.is_empty(), "the failed color is still there: {green}");
-    let lock = project
-        .slipway()
-        .args(["lock", "status", &project.env])
-        .run();
-    assert!(lock.stdout.contains("node-1: free"), "{}", lock.stdout);
+    crate::lock::assert_lock_free(&project);
 }
 
 #[test]

@@ -281,7 +281,7 @@ fn sigterm_during_the_health_gate_removes_the_new_color_and_exits_143() {
 
 /// `lock status` says node-1 is free.
 #[track_caller]
-fn assert_lock_free(project: &Project) {
+pub(crate) fn assert_lock_free(project: &Project) {
     let lock = project
         .slipway()
         .args(["lock", "status", &project.env])

@@ -124,7 +124,7 @@ fn schema(project: &Project) -> String {
 }
 
 /// How many snapshots the node holds for this environment.
-fn snapshot_count(project: &Project) -> usize {
+pub(crate) fn snapshot_count(project: &Project) -> usize {
     let listing = on_node_ok(
         &project.nodes[0],
         &format!(
