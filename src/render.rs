@@ -204,6 +204,38 @@ fn dotenv_quote(value: String) -> String {
     quoted
 }
 
+/// The database as one node's templates see it: `host` and `port` are what its app
+/// connects to, `publish` the `address:port` the node offers its database on to the
+/// other nodes (a shared database's node only), `runs_here` whether it runs one.
+fn database_vars(env: &Environment, node: &str) -> Value {
+    let s = &env.settings;
+    let db = &s.database;
+    let runs_here = db.node.as_deref().is_none_or(|n| n == node);
+    let mut vars = json!({
+        "name": db.name,
+        "user": db.user,
+        "host": "db",
+        "port": 5432,
+        "publish": null,
+        "runs_here": runs_here,
+    });
+    let Some(address) = db.shared_address(&s.nodes) else {
+        return vars;
+    };
+    let address = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address
+    };
+    if runs_here {
+        vars["publish"] = json!(format!("{address}:{}", db.port));
+    } else {
+        vars["host"] = json!(address.trim_matches(['[', ']']));
+        vars["port"] = json!(db.port);
+    }
+    vars
+}
+
 /// The variables every template sees for one node of an environment.
 pub fn context(
     env: &Environment,
@@ -238,7 +270,7 @@ pub fn context(
             "snapshots": paths.snapshots_dir(),
         },
         "images": images,
-        "database": s.database,
+        "database": database_vars(env, node),
         "health": s.health,
         "http_port": s.http_port,
         "http_bind": s.http_bind,
@@ -262,6 +294,54 @@ pub fn context(
 mod tests {
     use super::*;
     use crate::config::Environment;
+
+    /// With `database.node`, that node publishes its database on its address and the
+    /// others' apps connect there; neither starts a database of its own in its env file.
+    #[test]
+    fn a_shared_database_is_published_by_its_node_and_reached_by_the_others() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("inventory")).unwrap();
+        std::fs::copy(
+            root.join("inventory/all.yml"),
+            dir.path().join("inventory/all.yml"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("inventory/unit.yml"),
+            "database: {node: n1, port: 6543}\nnodes:\n  - {name: n1, address: 10.1.1.1, user: d}\n  \
+             - {name: n2, address: 10.1.1.2, user: d}\n",
+        )
+        .unwrap();
+        let mut env = Environment::load_without_secrets(dir.path(), "unit").unwrap();
+        env.secrets = crate::config::Secrets::from_pairs([("DB_PASSWORD", "p"), ("API_KEY", "k")]);
+        let paths = Paths::new(&env);
+        let images = Images {
+            postgres: "slipway/postgres:x".into(),
+            nginx: "slipway/nginx:x".into(),
+        };
+        let renderer = Renderer::new(root);
+        let render = |node: &str, template: &str| {
+            let ctx = context(&env, node, &paths, &images, None, None, None);
+            renderer.render(template, &ctx).unwrap()
+        };
+
+        let infra: serde_yaml::Value = serde_yaml::from_str(&render("n1", INFRA_COMPOSE)).unwrap();
+        assert_eq!(infra["services"]["db"]["ports"][0], "10.1.1.1:6543:5432");
+        let infra: serde_yaml::Value = serde_yaml::from_str(&render("n2", INFRA_COMPOSE)).unwrap();
+        assert!(infra["services"]["db"]["ports"].is_null());
+
+        let own = render("n1", APP_ENV);
+        assert!(
+            own.contains("DATABASE_HOST=db\nDATABASE_PORT=5432\n"),
+            "{own}"
+        );
+        let other = render("n2", APP_ENV);
+        assert!(
+            other.contains("DATABASE_HOST=10.1.1.1\nDATABASE_PORT=6543\n"),
+            "{other}"
+        );
+    }
 
     /// Renders every template of this repository for a sample environment and checks that
     /// The env-file fallback: only app.env.j2 sees secret values, quoted so compose hands

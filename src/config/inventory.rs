@@ -79,6 +79,16 @@ pub struct Build {
 pub struct Database {
     pub name: String,
     pub user: String,
+    /// The node whose database every node of the environment uses (FC-07). Without it,
+    /// each node runs its own. With it, that node publishes the database on
+    /// `address:port`, and a deploy snapshots and migrates it once, before any node starts
+    /// its new release.
+    pub node: Option<String>,
+    /// Where the other nodes reach that database: an address of the database node on a
+    /// private network (the port is published on it, and on nothing else). Default: the
+    /// node's own `address`.
+    pub address: Option<String>,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -178,6 +188,9 @@ impl Default for Database {
         Database {
             name: "app".into(),
             user: "app".into(),
+            node: None,
+            address: None,
+            port: 5432,
         }
     }
 }
@@ -375,7 +388,43 @@ fn validate(settings: &Settings, file: &str) -> Result<(), Error> {
         ));
     }
     crate::notify::validate(&settings.notify, file)?;
+    validate_shared_database(settings, file)
+}
+
+/// `database.node` names a node of the environment, and the other nodes have an address
+/// to reach its database at.
+fn validate_shared_database(settings: &Settings, file: &str) -> Result<(), Error> {
+    let Some(name) = &settings.database.node else {
+        return Ok(());
+    };
+    let Some(node) = settings.nodes.iter().find(|n| &n.name == name) else {
+        return Err(Error::config(
+            file,
+            format!("key `database.node` names `{name}`, which is not a node of this file"),
+            "name the node that runs the shared database, or remove the key",
+        ));
+    };
+    if settings.database.address.is_none() && node.address.is_none() {
+        return Err(Error::config(
+            file,
+            format!("key `database.node` is `{name}`, which has no `address` to reach it at"),
+            "set `database.address` to the node's private address the other nodes reach",
+        ));
+    }
     Ok(())
+}
+
+impl Database {
+    /// Where the other nodes reach the shared database (`None`: each node has its own).
+    pub fn shared_address(&self, nodes: &[NodeSpec]) -> Option<String> {
+        let name = self.node.as_ref()?;
+        self.address.clone().or_else(|| {
+            nodes
+                .iter()
+                .find(|n| &n.name == name)
+                .and_then(|n| n.address.clone())
+        })
+    }
 }
 
 /// The app gets `stop_grace_seconds - 2` seconds to finish its requests after SIGTERM
@@ -490,6 +539,35 @@ pub fn is_valid_address(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_database_must_name_a_node_with_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| {
+            std::fs::create_dir_all(dir.path().join("inventory")).unwrap();
+            std::fs::write(dir.path().join("inventory/all.yml"), "app: shop\n").unwrap();
+            std::fs::write(dir.path().join("inventory/prod.yml"), text).unwrap();
+        };
+
+        write(
+            "database: {node: db-9}\nnodes:\n  - {name: web-1, address: 10.0.0.1, user: deploy}\n",
+        );
+        let err = load(dir.path(), "prod").unwrap_err().to_string();
+        assert!(err.contains("`db-9`, which is not a node"), "{err}");
+
+        write("database: {node: web-1}\nnodes:\n  - {name: web-1, connection: local}\n");
+        let err = load(dir.path(), "prod").unwrap_err().to_string();
+        assert!(err.contains("no `address`"), "{err}");
+
+        write(
+            "database: {node: web-1}\nnodes:\n  - {name: web-1, address: 10.0.0.1, user: deploy}\n",
+        );
+        let settings = load(dir.path(), "prod").unwrap();
+        assert_eq!(
+            settings.database.shared_address(&settings.nodes).as_deref(),
+            Some("10.0.0.1")
+        );
+    }
 
     #[test]
     fn addresses() {
