@@ -180,13 +180,30 @@ pub fn print_selection(specs: &[NodeSpec]) {
     }
 }
 
+/// The nodes that run the databases of the nodes `limit` selects: each node itself, or the
+/// node of the database they share (`database.node`), once. Database commands (`migrate`,
+/// `snapshot`) act there.
+pub fn select_databases(env: &Environment, limit: &[String]) -> Result<Vec<NodeSpec>, Error> {
+    let selected = select(env, limit)?;
+    let Some(shared) = &env.settings.database.node else {
+        return Ok(selected);
+    };
+    Ok(env
+        .settings
+        .nodes
+        .iter()
+        .filter(|n| &n.name == shared)
+        .cloned()
+        .collect())
+}
+
 /// Opens the one connection a node gets for the whole operation.
 pub async fn connect(env: &Arc<Environment>, spec: &NodeSpec) -> anyhow::Result<Node> {
-    let host: Box<dyn Host> = match spec.connection {
-        Connection::Local => Box::new(LocalHost),
+    let host: Arc<dyn Host> = match spec.connection {
+        Connection::Local => Arc::new(LocalHost),
         Connection::Ssh => {
             let target = ssh_target(env, spec)?;
-            Box::new(
+            Arc::new(
                 SshHost::connect(target)
                     .await
                     .with_context(|| format!("{}: cannot connect", spec.name))?,

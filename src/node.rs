@@ -11,12 +11,13 @@ use crate::paths::Paths;
 
 const DOCKER_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
+#[derive(Clone)]
 pub struct Node {
     pub name: String,
     pub spec: NodeSpec,
     pub env: Arc<Environment>,
     pub paths: Paths,
-    pub host: Box<dyn Host>,
+    pub host: Arc<dyn Host>,
 }
 
 /// Quotes one word for `sh`.

@@ -139,9 +139,15 @@ impl Reporter {
 
     /// A step of the run itself (not of a node) began, such as the build.
     pub fn run_step_started(&self, step: &str) {
+        self.run_step_started_at(step, "on this machine");
+    }
+
+    /// A step of the run began that runs at `place` (`once, on db-1`) for every node.
+    pub fn run_step_started_at(&self, step: &str, place: &str) {
+        self.run_step_finished();
         let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         for bar in bars.values() {
-            bar.set_message(format!("{step} (on this machine)..."));
+            bar.set_message(format!("{step} ({place})..."));
         }
         drop(bars);
         self.with_run(|reporter, run| {

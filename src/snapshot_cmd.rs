@@ -25,7 +25,7 @@ pub async fn create(
     reporter: Arc<Reporter>,
 ) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load_without_secrets(root, env_name)?);
-    let nodes = connect_all(&env, &fleet::select(&env, limit)?).await?;
+    let nodes = connect_all(&env, &fleet::select_databases(&env, limit)?).await?;
     let locks = lock_each(&nodes, "snapshot create", &reporter).await?;
 
     let mut result = Ok(());
@@ -111,7 +111,7 @@ pub async fn restore(
     reporter: Arc<Reporter>,
 ) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load_without_secrets(root, env_name)?);
-    let nodes = connect_all(&env, &fleet::select(&env, &opts.limit)?).await?;
+    let nodes = connect_all(&env, &fleet::select_databases(&env, &opts.limit)?).await?;
     let node = holder(nodes, &opts.name, env_name).await?;
 
     let meta = snapshot::meta(&node, &opts.name).await?.unwrap_or_default();
@@ -237,7 +237,7 @@ pub struct DownloadOptions {
 /// copy has the node's size and SHA-256 and that the node's `pg_restore --list` reads it.
 pub async fn download(root: &Path, env_name: &str, opts: &DownloadOptions) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load_without_secrets(root, env_name)?);
-    let nodes = connect_all(&env, &fleet::select(&env, &opts.limit)?).await?;
+    let nodes = connect_all(&env, &fleet::select_databases(&env, &opts.limit)?).await?;
     let node = holder(nodes, &opts.name, env_name).await?;
     let dest = destination(opts.to.as_deref(), &opts.name);
 

@@ -305,7 +305,7 @@ pub async fn migrate_status(
 ) -> anyhow::Result<bool> {
     let files = migrate::load(&env.root, git_ref).await?;
     let mut all_clean = true;
-    for spec in fleet::select(&env, limit)? {
+    for spec in fleet::select_databases(&env, limit)? {
         let line = match fleet::connect(&env, &spec).await {
             Ok(node) => match migrate::state(&node).await {
                 Ok(state) => {
@@ -375,7 +375,7 @@ fn list_versions(migrations: &[migrate::Migration]) -> String {
 /// `snapshot list`: every node's snapshots, oldest first, with what each was taken at.
 pub async fn snapshot_list(env: Arc<Environment>, limit: &[String]) -> anyhow::Result<bool> {
     let mut all_answered = true;
-    for spec in fleet::select(&env, limit)? {
+    for spec in fleet::select_databases(&env, limit)? {
         println!("{}:", spec.name);
         let lines = match fleet::connect(&env, &spec).await {
             Ok(node) => snapshot_lines(&node).await,

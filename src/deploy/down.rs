@@ -33,7 +33,7 @@ pub async fn run(
     reporter: Arc<Reporter>,
 ) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load(root, env_name)?);
-    let specs = fleet::select(&env, &opts.limit)?;
+    let specs = fleet::select_databases(&env, &opts.limit)?;
     let (_, commit, files) = resolve_ref(root, &env, &opts.git_ref).await?;
     let id = format!(
         "m-{}-{}",

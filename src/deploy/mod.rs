@@ -2,6 +2,7 @@
 //! playbook on each node. A node that fails undoes its own change and says what it did.
 
 mod cleanup;
+mod database;
 mod down;
 mod interrupt;
 mod recover;
@@ -25,6 +26,7 @@ use crate::playbook::Playbook;
 use crate::render::{self, Images, Renderer};
 use crate::report::Reporter;
 
+pub use database::SharedDatabase;
 pub use down::{run as migrate_down, DownOptions};
 pub use interrupt::Interrupted;
 pub use recover::{run as recover, RecoverOptions};
@@ -57,6 +59,8 @@ pub struct Shared {
     /// What the history calls this operation: `deploy` or `rollback`.
     pub action: String,
     pub reporter: Arc<Reporter>,
+    /// The database the run's nodes share (`database.node`), if they share one.
+    pub database: Option<SharedDatabase>,
 }
 
 /// How one node's deploy ended.
@@ -93,11 +97,15 @@ pub async fn run(
     let selected: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     reporter.start_run(&env, &deploy_id, "deploy", Some(&name), &selected)?;
 
-    let nodes = connect_all(&env, &specs).await?;
+    let (specs, db_only) = database::with_database_node(&env, specs);
+    let mut nodes = connect_all(&env, &specs).await?;
     let mut locks = lock_all(&nodes, &deploy_id, &reporter).await?;
     for (lock, node) in locks.iter_mut().zip(&nodes) {
         lock.step(node, "build").await;
     }
+    let database = database::find(&env, &nodes).map(SharedDatabase::of);
+    // The shared database's node when only its database takes part: locked, not deployed.
+    let db_only = db_only.and_then(|_| Some((nodes.pop()?, locks.pop()?)));
 
     reporter.info(
         "local",
@@ -108,9 +116,7 @@ pub async fn run(
     let (images, release) = match build(&env, &name, &commit).await {
         Ok(built) => built,
         Err(e) => {
-            for (lock, node) in locks.into_iter().zip(&nodes) {
-                let _ = lock.release(node).await;
-            }
+            release_locks(locks, &nodes, db_only).await;
             return Err(e);
         }
     };
@@ -120,7 +126,7 @@ pub async fn run(
         &format!("built in {:.1}s", timer.elapsed().as_secs_f64()),
     );
 
-    let shared = Arc::new(Shared {
+    let mut shared = Shared {
         renderer,
         images,
         release,
@@ -131,7 +137,13 @@ pub async fn run(
         deploy_id,
         action: "deploy".into(),
         reporter: reporter.clone(),
-    });
+        database,
+    };
+    if let Err(e) = database::prepare(&mut shared).await {
+        release_locks(locks, &nodes, db_only).await;
+        return Err(e);
+    }
+    let shared = Arc::new(shared);
 
     let jobs = nodes
         .into_iter()
@@ -143,8 +155,19 @@ pub async fn run(
         })
         .collect();
     interrupt::listen()?;
-    let ended = rollout::run(jobs, opts.rollout, &reporter).await?;
-    finish(ended, &reporter)
+    let ended = rollout::run(jobs, opts.rollout, &reporter).await;
+    release_locks(Vec::new(), &[], db_only).await;
+    finish(ended?, &reporter)
+}
+
+/// Releases the locks of `nodes`, and that of the node taking part for its database only.
+async fn release_locks(locks: Vec<Lock>, nodes: &[Node], db_only: Option<(Node, Lock)>) {
+    for (lock, node) in locks.into_iter().zip(nodes) {
+        let _ = lock.release(node).await;
+    }
+    if let Some((node, lock)) = db_only {
+        let _ = lock.release(&node).await;
+    }
 }
 
 /// [`conclude`], unless a signal stopped the rollout: then that is the run's error.

@@ -33,7 +33,7 @@ pub async fn run(
     reporter: Arc<Reporter>,
 ) -> anyhow::Result<()> {
     let env = Arc::new(Environment::load(root, env_name)?);
-    let specs = fleet::select(&env, &opts.limit)?;
+    let specs = fleet::select_databases(&env, &opts.limit)?;
     let files = migrate::load(root, &opts.git_ref).await?;
     let id = format!("m-{}", std::process::id());
 

@@ -15,9 +15,12 @@ use anyhow::bail;
 
 use super::rollout::{self, Job, Rollout};
 use super::steps::dirty_message;
-use super::{ask, connect_all, finish, interrupt, lock_all, Shared};
+use super::{
+    ask, connect_all, database, finish, interrupt, lock_all, release_locks, Shared, SharedDatabase,
+};
 use crate::config::Environment;
 use crate::error::Error;
+use crate::fleet;
 use crate::history::{self, Record};
 use crate::image::{self, Release};
 use crate::migrate::{self, DownSource, Revert, SchemaState};
@@ -25,7 +28,6 @@ use crate::node::{quote, Node};
 use crate::playbook::{Params, Playbook, Step};
 use crate::render::Renderer;
 use crate::report::Reporter;
-use crate::{fleet, lock::Lock};
 
 pub struct RollbackOptions {
     pub limit: Vec<String>,
@@ -71,31 +73,34 @@ pub async fn run(
     let selected: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     reporter.start_run(&env, &deploy_id, "rollback", None, &selected)?;
 
-    let nodes = connect_all(&env, &specs).await?;
-    let locks = lock_all(&nodes, &deploy_id, &reporter).await?;
-    let planned = plan_all(&nodes, opts).await;
+    let (specs, db_only) = database::with_database_node(&env, specs);
+    let mut nodes = connect_all(&env, &specs).await?;
+    let mut locks = lock_all(&nodes, &deploy_id, &reporter).await?;
+    let db = database::find(&env, &nodes);
+    let db_only = db_only.and_then(|_| Some((nodes.pop()?, locks.pop()?)));
+    let planned = plan_all(&nodes, db.as_ref(), opts).await;
     let plans = match planned.and_then(|plans| confirm(&plans, opts).map(|()| plans)) {
         Ok(plans) => plans,
         Err(e) => {
-            release_all(locks, &nodes).await;
+            release_locks(locks, &nodes, db_only).await;
             return Err(e);
         }
     };
 
     let mut jobs = Vec::new();
     for ((node, lock), plan) in nodes.into_iter().zip(locks).zip(plans) {
-        let shared = Arc::new(shared_for(&env, plan, &deploy_id, reporter.clone())?);
-        jobs.push(Job { node, lock, shared });
+        let mut shared = shared_for(&env, plan, &deploy_id, reporter.clone())?;
+        shared.database = db.clone().map(SharedDatabase::of);
+        jobs.push(Job {
+            node,
+            lock,
+            shared: Arc::new(shared),
+        });
     }
     interrupt::listen()?;
-    let ended = rollout::run(jobs, opts.rollout, &reporter).await?;
-    finish(ended, &reporter)
-}
-
-async fn release_all(locks: Vec<Lock>, nodes: &[Node]) {
-    for (lock, node) in locks.into_iter().zip(nodes) {
-        let _ = lock.release(node).await;
-    }
+    let ended = rollout::run(jobs, opts.rollout, &reporter).await;
+    release_locks(Vec::new(), &[], db_only).await;
+    finish(ended?, &reporter)
 }
 
 /// What a rollback will do on one node.
@@ -111,15 +116,29 @@ struct Plan {
     down_text: Option<String>,
 }
 
-async fn plan_all(nodes: &[Node], opts: &RollbackOptions) -> anyhow::Result<Vec<Plan>> {
+/// Plans every node; `db` is the node of the database they share, if they share one.
+async fn plan_all(
+    nodes: &[Node],
+    db: Option<&Node>,
+    opts: &RollbackOptions,
+) -> anyhow::Result<Vec<Plan>> {
+    if opts.migrate_down && db.is_some() {
+        bail!(Error::config(
+            "--migrate-down",
+            "the nodes share one database (`database.node`), and a rollback of each node \
+             would revert it once per node",
+            "roll back without --migrate-down, then revert the shared database once with \
+             `slipway migrate down <env> --to <version>`",
+        ));
+    }
     let mut plans = Vec::new();
     for node in nodes {
-        plans.push(plan(node, opts).await?);
+        plans.push(plan(node, db.unwrap_or(node), opts).await?);
     }
     Ok(plans)
 }
 
-async fn plan(node: &Node, opts: &RollbackOptions) -> anyhow::Result<Plan> {
+async fn plan(node: &Node, db_node: &Node, opts: &RollbackOptions) -> anyhow::Result<Plan> {
     let records: Vec<Record> = history::read(node)
         .await?
         .into_iter()
@@ -156,8 +175,8 @@ async fn plan(node: &Node, opts: &RollbackOptions) -> anyhow::Result<Plan> {
         down_text: None,
     };
     let db = match opts.migrate_down {
-        true => migrate::state(node).await?,
-        false => migrate::state(node).await.unwrap_or_default(),
+        true => migrate::state(db_node).await?,
+        false => migrate::state(db_node).await.unwrap_or_default(),
     };
     let expected = expected_schema(node, &plan.target).await;
     let Some(current) = newer_schema(db.version, expected) else {
@@ -403,6 +422,7 @@ fn shared_for(
         deploy_id: deploy_id.to_string(),
         action: "rollback".into(),
         reporter,
+        database: None,
     })
 }
 

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::{interrupt, Outcome, Shared, Timer};
-use crate::config::file_name;
+use super::{database, interrupt, Outcome, Shared, Timer};
 use crate::health;
 use crate::history::{self, Record};
 use crate::host::Input;
@@ -182,7 +181,7 @@ impl Deploy {
         self.new_color = self.old_color.as_deref().map_or("blue", switch::other);
 
         if self.database_running().await? {
-            let mut state = migrate::state(node).await?;
+            let mut state = migrate::state(self.db()).await?;
             if state.dirty {
                 state = self.wait_for_running_migration(state).await?;
             }
@@ -192,7 +191,7 @@ impl Deploy {
             self.pending = migrate::pending(&self.shared.migrations, state);
             self.schema_version = state.version;
             if self.changes_schema() && state.version.is_some() {
-                snapshot::check_room(node).await?;
+                snapshot::check_room(self.db()).await?;
             }
         } else {
             self.pending = self.shared.migrations.clone();
@@ -212,7 +211,7 @@ impl Deploy {
         let limit = self.node.env.settings.migrations.statement_timeout_seconds + 30;
         let deadline = std::time::Instant::now() + Duration::from_secs(limit);
         let mut told = false;
-        while let Some(session) = migrate::running_migrator(&self.node).await? {
+        while let Some(session) = migrate::running_migrator(self.db()).await? {
             if !told {
                 self.info(&format!(
                     "migration {} is still running ({session}), left by an operation that \
@@ -233,7 +232,7 @@ impl Deploy {
         if !told {
             return Ok(state);
         }
-        migrate::state(&self.node).await
+        migrate::state(self.db()).await
     }
 
     async fn check_free_space(&self) -> anyhow::Result<()> {
@@ -259,13 +258,13 @@ impl Deploy {
     }
 
     async fn database_running(&self) -> anyhow::Result<bool> {
-        let ps = self
-            .node
+        let db = self.db();
+        let ps = db
             .run(
                 &format!(
                     "[ -f {} ] && {}",
-                    quote(&self.node.paths.infra_compose()),
-                    self.node.infra_compose("ps --status running --services")
+                    quote(&db.paths.infra_compose()),
+                    db.infra_compose("ps --status running --services")
                 ),
                 Input::None,
             )
@@ -289,17 +288,8 @@ impl Deploy {
     /// directory), then the release's directory in one piece, renamed into place: its
     /// compose and env files and its own copy of every secret (0600, in `secrets/`).
     async fn upload_bundle(&mut self) -> anyhow::Result<()> {
-        let infra_secrets = self.shared.renderer.secrets_used(render::INFRA_COMPOSE)?;
+        database::write_infra_secrets(&self.node, &self.shared.renderer).await?;
         let secrets = &self.node.env.secrets;
-        for name in &infra_secrets {
-            let Some(value) = secrets.get(name) else {
-                continue;
-            };
-            let path = format!("{}/{}", self.node.paths.secrets_dir(), file_name(name));
-            self.node
-                .write_file(&path, value.as_bytes().to_vec(), 0o600)
-                .await?;
-        }
 
         let ctx = self.context(Some(self.new_color));
         let compose = self.shared.renderer.render(render::APP_COMPOSE, &ctx)?;
@@ -353,17 +343,40 @@ impl Deploy {
             .sh(&self.node.infra_compose("ps --status running --services"))
             .await?;
         let running: Vec<&str> = running.lines().map(str::trim).collect();
-        if running.contains(&"db") && running.contains(&"nginx") {
+        let services = self.infra_services();
+        if services.iter().all(|s| running.contains(s)) {
             return Ok(());
         }
-        self.info("starting the database and nginx");
+        let what = match services.len() {
+            1 => "nginx",
+            _ => "the database and nginx",
+        };
+        self.info(&format!("starting {what}"));
         self.node
-            .sh(&self
-                .node
-                .infra_compose("up -d --no-recreate --wait --wait-timeout 120 db nginx"))
+            .sh(&self.node.infra_compose(&format!(
+                "up -d --no-recreate --wait --wait-timeout 120 {}",
+                services.join(" ")
+            )))
             .await
-            .context("starting the database and nginx")?;
+            .with_context(|| format!("starting {what}"))?;
         Ok(())
+    }
+
+    /// The long-lived services this node runs: nginx, and the database unless the node
+    /// uses the one another node shares.
+    fn infra_services(&self) -> Vec<&'static str> {
+        match &self.shared.database {
+            Some(db) if db.node.name != self.node.name => vec!["nginx"],
+            _ => vec!["db", "nginx"],
+        }
+    }
+
+    /// The node whose database this node's app uses: its own, or the shared one.
+    pub(super) fn db(&self) -> &Node {
+        self.shared
+            .database
+            .as_ref()
+            .map_or(&self.node, |d| &d.node)
     }
 
     /// Whether this run changes the schema: pending migrations, or a rollback's down files.
@@ -372,6 +385,16 @@ impl Deploy {
     }
 
     async fn snapshot(&mut self) -> anyhow::Result<()> {
+        if let Some(db) = &self.shared.database {
+            self.snapshot = db.snapshot.clone();
+            if !self.changes_schema() {
+                self.info(&format!(
+                    "the shared database on {} was prepared before the rollout",
+                    db.node.name
+                ));
+                return Ok(());
+            }
+        }
         if !self.changes_schema() {
             self.info("no pending migration: snapshot skipped");
             return Ok(());
@@ -381,21 +404,7 @@ impl Deploy {
             return Ok(());
         }
 
-        let pruned = snapshot::prune(&self.node).await?;
-        if !pruned.is_empty() {
-            self.info(&format!("pruned {} old snapshot(s)", pruned.len()));
-        }
-        let release = &self.shared.release;
-        let name = snapshot::take(&self.node, &release.commit).await?;
-        let meta = snapshot::Meta {
-            taken_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            before_release: release.name.clone(),
-            commit: release.commit.clone(),
-            live_release: self.old_release.clone(),
-            schema_version: self.schema_version,
-            bytes: 0,
-        };
-        snapshot::record(&self.node, &name, meta).await?;
+        let name = database::take_snapshot(self.db(), &self.shared, self.schema_version).await?;
         self.info(&format!("snapshot {name}"));
         self.snapshot = Some(name);
         Ok(())
@@ -405,26 +414,12 @@ impl Deploy {
         if self.pending.is_empty() {
             return Ok(());
         }
-        if self.schema_version.is_some() {
-            match &self.snapshot {
-                Some(name) => snapshot::verify_present(&self.node, name).await?,
-                None => bail!("refusing to migrate without a verified snapshot"),
-            }
-        }
-
-        let applied = migrate::apply(&self.node, &self.pending)
-            .await
-            .map_err(|e| {
-                let snap = self
-                    .snapshot
-                    .as_deref()
-                    .unwrap_or("none (the database was empty)");
-                e.context(format!(
-                    "snapshot taken before migrating: {snap}; the tool never forces the version: \
-                 see `slipway migrate status`, fix the cause, then `slipway migrate recover`"
-                ))
-            })?;
-        let state = migrate::state(&self.node).await?;
+        let before = migrate::SchemaState {
+            version: self.schema_version,
+            dirty: false,
+        };
+        let (applied, state) =
+            database::apply(self.db(), &self.pending, self.snapshot.as_deref(), before).await?;
         self.schema_version = state.version;
         self.info(&format!(
             "migrations applied: {:?}; schema version {}",
@@ -534,7 +529,7 @@ impl Deploy {
         if self.expected_schema.is_none() || report.schema_version.is_none() {
             return Ok(());
         }
-        let database = migrate::state(&self.node).await?.version;
+        let database = migrate::state(self.db()).await?.version;
         self.schema_version = database;
 
         match health::schema_problem(self.expected_schema, report.schema_version, database) {

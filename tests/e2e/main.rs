@@ -22,6 +22,7 @@ mod notifications;
 mod receiver;
 mod rollback;
 mod secrets;
+mod shared_database;
 mod snapshot_commands;
 mod snapshots;
 mod ssh_access;

@@ -1,0 +1,106 @@
+//! FC-07: three nodes share the database on the first one (`database.node`). A migration
+//! that sleeps 60 s runs once, before any node switches; a second deploy of the same
+//! environment started 5 s later fails on the lock, naming the first, and never hangs.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{on_node_ok, Project, Watched};
+
+/// The compose projects' containers of `role` on a node of this environment.
+fn containers(project: &Project, node: usize, role: &str) -> usize {
+    let ids = on_node_ok(
+        &project.nodes[node],
+        &format!(
+            "docker ps -q --filter label=slipway.env={} --filter label=slipway.role={role}",
+            project.env
+        ),
+    );
+    ids.split_whitespace().count()
+}
+
+/// The JSON events of a `--json` run, in the order they were written.
+fn events(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Where in `events` the first one matching `kind`, `step` and `node` (`None`: the run's
+/// own) is.
+fn position(events: &[serde_json::Value], kind: &str, step: &str, node: Option<&str>) -> usize {
+    events
+        .iter()
+        .position(|e| e["event"] == kind && e["step"] == step && e["node"].as_str() == node)
+        .unwrap_or_else(|| panic!("no {kind} event of step {step} on {node:?}: {events:#?}"))
+}
+
+#[test]
+fn fc07_nodes_sharing_a_database_migrate_it_once_before_any_switch() {
+    let mut project = Project::new("e2e-fc07", 18140, 3);
+    project.set_extra("database:\n  node: node-1\n");
+    project.deploy().assert_code(0);
+    assert_eq!(containers(&project, 0, "db"), 1, "node-1 runs the database");
+    for node in 1..3 {
+        assert_eq!(
+            containers(&project, node, "db"),
+            0,
+            "node-{} runs none",
+            node + 1
+        );
+        let search = crate::support::http_get(&project.url(node, "/events/search?q=jazz"));
+        assert_eq!(search.map(|r| r.0), Some(200), "node-{} reads it", node + 1);
+    }
+
+    project.write(
+        "migrations/000004_slow_once.up.sql",
+        "SELECT pg_sleep(60);\n\
+         CREATE TABLE fc07_runs (ran_at timestamptz NOT NULL DEFAULT now());\n\
+         INSERT INTO fc07_runs DEFAULT VALUES;\n",
+    );
+    project.commit("v2: a migration that sleeps 60 s and records each run");
+    let first = Watched::start(project.slipway().args(["deploy", &project.env, "--json"]));
+    std::thread::sleep(Duration::from_secs(5));
+
+    let started = Instant::now();
+    let second = project.slipway().args(["deploy", &project.env]).run();
+    let waited = started.elapsed();
+    second
+        .assert_code(3)
+        .assert_stderr_has("locked by another operation");
+    assert!(
+        waited < Duration::from_secs(30),
+        "the second deploy took {waited:?}"
+    );
+
+    let (first, _) = first.finish(Duration::from_secs(300));
+    first.assert_code(0);
+    let events = events(&first.stdout);
+    let deploy_id = events[0]["deploy_id"].as_str().unwrap_or_default();
+    second.assert_stderr_has(deploy_id);
+
+    let migrated = position(&events, "step.finished", "migrate", None);
+    for node in ["node-1", "node-2", "node-3"] {
+        let switched = position(&events, "step.started", "switch", Some(node));
+        assert!(
+            migrated < switched,
+            "{node} switched before the migration ended"
+        );
+    }
+    assert_eq!(
+        project.psql("SELECT count(*) FROM fc07_runs"),
+        "1",
+        "one run"
+    );
+    assert_eq!(
+        project.psql("SELECT version, dirty FROM schema_migrations"),
+        "4|f"
+    );
+    for node in 0..3 {
+        assert!(
+            project.live_version(node).is_some(),
+            "node-{} serves",
+            node + 1
+        );
+    }
+}
