@@ -78,10 +78,18 @@ pub(super) async fn prepare(shared: &mut Shared) -> anyhow::Result<()> {
     let mut step = "start_database";
 
     reporter.run_step_started_at(step, &format!("on {}", node.name));
+    reporter.info(
+        &node.name,
+        "starting the shared database if it is not running",
+    );
     let result = async {
         start(&node, shared).await?;
         step = "migrate";
         reporter.run_step_started_at(step, &format!("once, on {}", node.name));
+        reporter.info(
+            &node.name,
+            "snapshot and migrations of the shared database, once for every node",
+        );
         migrate_once(&node, shared).await
     }
     .await;
