@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{on_node, on_node_ok, sh_ok, Project, Run, Watched};
+use crate::support::{on_node, on_node_ok, sh_ok, HarnessNode, Project, Run, Watched};
 
 /// A playbook whose custom node step sleeps, so a deploy holds its lock for a while.
 fn slow_playbook(project: &mut Project, seconds: u32) {
@@ -395,4 +395,108 @@ fn staging_holding_its_lock_does_not_block_production_on_the_same_node() {
         production.live_version(0).is_some(),
         "production stopped serving"
     );
+}
+
+/// A network file system mounted on a node for one test: sshfs of the node's own
+/// `/srv/<name>` over SSH to itself, unmounted when dropped.
+struct NetworkMount {
+    node: HarnessNode,
+    path: String,
+}
+
+impl NetworkMount {
+    fn sshfs(node: &HarnessNode, name: &str) -> Self {
+        let path = format!("/mnt/{name}");
+        on_node_ok(
+            node,
+            &format!(
+                "set -e; [ -e /dev/fuse ] || mknod -m 666 /dev/fuse c 10 229; \
+                 mkdir -p /srv/{name} {path} /root/.ssh; \
+                 [ -f /root/.ssh/netfs_key ] || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/netfs_key; \
+                 grep -qf /root/.ssh/netfs_key.pub /root/.ssh/authorized_keys || \
+                   cat /root/.ssh/netfs_key.pub >> /root/.ssh/authorized_keys; \
+                 mountpoint -q {path} || sshfs -o IdentityFile=/root/.ssh/netfs_key,StrictHostKeyChecking=accept-new \
+                   root@127.0.0.1:/srv/{name} {path}; \
+                 findmnt -n -o FSTYPE -T {path}"
+            ),
+        );
+        NetworkMount {
+            node: node.clone(),
+            path,
+        }
+    }
+}
+
+impl Drop for NetworkMount {
+    fn drop(&mut self) {
+        on_node(
+            &self.node,
+            &format!("fusermount -u {} || umount -l {}", self.path, self.path),
+        );
+    }
+}
+
+/// FC-16: a state directory on a network file system (sshfs here), where flock may not
+/// keep two machines' deploys apart, is refused before any lock is taken or anything
+/// deployed, naming the file system and the fix.
+#[test]
+fn fc16_a_state_directory_on_a_network_file_system_is_refused() {
+    let mut project = Project::new("e2e-fc16", 18142, 1);
+    let mount = NetworkMount::sshfs(&project.nodes[0], "slipway-netfs");
+    project.set_extra(&format!("state_dir: {}\n", mount.path));
+    project.commit("v1");
+
+    let run = project.deploy();
+    run.assert_code(1)
+        .assert_stderr_has("network file system (fuse.sshfs)")
+        .assert_stderr_has("set `state_dir` to a local path");
+    let containers = on_node_ok(
+        &project.nodes[0],
+        "docker ps -aq --filter label=slipway.env=e2e-fc16",
+    );
+    assert_eq!(containers.trim(), "", "nothing was started");
+    let left = on_node_ok(
+        &project.nodes[0],
+        &format!("find {} -name lock", mount.path),
+    );
+    assert_eq!(left.trim(), "", "no lock file was made there");
+}
+
+/// FC-15 (c): the inventory edited while a deploy runs (a node removed, `state_dir`
+/// moved) changes nothing of that run: it deploys and unlocks the nodes it locked, where
+/// it locked them, and nothing is made at the new path.
+#[test]
+fn locks_are_released_where_they_were_taken_when_the_inventory_changes_mid_run() {
+    let mut project = Project::new("e2e-lock-edit", 18143, 2);
+    slow_playbook(&mut project, 15);
+    let both = project.nodes.clone();
+
+    let mut run = Watched::start(project.slipway().args(["deploy", &project.env]));
+    run.wait_for_line(&["node-2 | hold..."], Duration::from_secs(600));
+    project.nodes.truncate(1);
+    project.set_extra("playbook: playbooks/slow.yml\nstate_dir: /var/lib/slipway-moved\n");
+    let (run, _) = run.finish(Duration::from_secs(300));
+
+    project.nodes = both;
+    project.set_extra("playbook: playbooks/slow.yml\n");
+    run.assert_code(0);
+    let lock = project
+        .slipway()
+        .args(["lock", "status", &project.env])
+        .run();
+    for node in 0..2 {
+        assert!(
+            project.live_version(node).is_some(),
+            "node-{} serves",
+            node + 1
+        );
+        let free = format!("node-{}: free", node + 1);
+        assert!(lock.stdout.contains(&free), "{}", lock.stdout);
+        let moved = on_node(&project.nodes[node], "test -e /var/lib/slipway-moved");
+        assert!(
+            !moved.status.success(),
+            "node-{} got the new path",
+            node + 1
+        );
+    }
 }
