@@ -225,6 +225,57 @@ fn a_failing_canary_keeps_every_other_node_untouched() {
     assert_all_locks_free(&project);
 }
 
+/// `--parallel 1 --max-fail 0`: one node at a time, and once web-2 fails, edge-1 is not
+/// started; web-1 keeps the release it got.
+#[test]
+fn one_at_a_time_and_no_new_node_once_more_than_max_fail_failed() {
+    let project = project("e2e-fleet-maxfail", 18144);
+    write_inventory(&project, Some(1), "");
+
+    let run = project
+        .slipway()
+        .args([
+            "deploy",
+            &project.env,
+            "--parallel",
+            "1",
+            "--max-fail",
+            "0",
+            "--json",
+        ])
+        .run();
+
+    run.assert_code(1).assert_stderr_has("health_gate");
+    assert!(summary_row(&run.stderr, "web-1").contains(" ok "));
+    assert!(summary_row(&run.stderr, "web-2").contains("failed"));
+    let skipped = summary_row(&run.stderr, "edge-1");
+    assert!(
+        skipped.contains("skipped") && skipped.contains("--max-fail 0"),
+        "{skipped}"
+    );
+
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
+        .collect();
+    let mut running = 0;
+    for event in &events {
+        match event["event"].as_str() {
+            Some("node.started") => running += 1,
+            Some("node.succeeded" | "node.failed") => running -= 1,
+            _ => {}
+        }
+        assert!(running <= 1, "two nodes ran at once: {}", run.stdout);
+    }
+    assert!(
+        project.live_version(0).is_some(),
+        "web-1 serves its release"
+    );
+    assert_eq!(project.live_version(2), None, "edge-1 was deployed");
+    assert_all_locks_free(&project);
+}
+
 /// Waits until `lock status` shows every node free (a session the node had not yet seen
 /// die may hold its flock for a moment).
 fn wait_all_locks_free(project: &Project, limit: Duration) {
