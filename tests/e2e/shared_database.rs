@@ -104,3 +104,71 @@ fn fc07_nodes_sharing_a_database_migrate_it_once_before_any_switch() {
         );
     }
 }
+
+/// `--limit node-3` deploys node-3 alone, yet the shared database on node-1 is locked,
+/// snapshotted and migrated once; node-1 and node-2 keep their release. Database commands
+/// act on node-1 alone, and a rollback that would revert the schema once per node is
+/// refused while a plain one works.
+#[test]
+fn a_node_deployed_alone_migrates_the_shared_database_on_its_own_node() {
+    let mut project = Project::new("e2e-fc07-limit", 18141, 3);
+    project.set_extra("database:\n  node: node-1\n");
+    let v1 = project.deploy_first_release();
+
+    project.write(
+        "migrations/000004_note.up.sql",
+        "ALTER TABLE events ADD COLUMN fc07_note text;\n",
+    );
+    project.commit("v2 with a migration");
+    let env = project.env.clone();
+    project
+        .slipway()
+        .args(["deploy", &env, "--limit", "node-3"])
+        .run()
+        .assert_code(0)
+        .assert_stderr_has("migrations [4] applied once");
+    assert_eq!(
+        project.psql("SELECT version, dirty FROM schema_migrations"),
+        "4|f"
+    );
+    let v2 = project.live_version(2).expect("node-3 answers");
+    assert_ne!(v2, v1);
+    for node in 0..2 {
+        assert_eq!(project.live_version(node).as_deref(), Some(v1.as_str()));
+    }
+    crate::lock::assert_lock_free(&project);
+
+    let status = project.slipway().args(["migrate", "status", &env]).run();
+    status.assert_code(0);
+    let nodes: Vec<&str> = status
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("node-"))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    assert_eq!(nodes, ["node-1"], "{}", status.stdout);
+
+    project
+        .slipway()
+        .args([
+            "rollback",
+            &env,
+            "--limit",
+            "node-3",
+            "--migrate-down",
+            "--yes",
+        ])
+        .run()
+        .assert_code(2)
+        .assert_stderr_has("share one database");
+    project
+        .slipway()
+        .args(["rollback", &env, "--limit", "node-3", "--yes"])
+        .run()
+        .assert_code(0);
+    assert_eq!(project.live_version(2).as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        project.psql("SELECT version, dirty FROM schema_migrations"),
+        "4|f"
+    );
+}
