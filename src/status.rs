@@ -1,12 +1,13 @@
 //! `slipway status`, `slipway check` and `slipway lock status`: read-only looks at nodes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::{Environment, NodeSpec};
-use crate::node::Node;
+use crate::node::{quote, Node};
 use crate::playbook::Playbook;
 use crate::render::{self, Renderer};
 use crate::{fleet, health, history, image, lock, migrate, snapshot, switch};
@@ -23,6 +24,10 @@ pub struct NodeStatus {
     pub deployed_by: Option<String>,
     pub health: String,
     pub schema_version: Option<u64>,
+    /// What else is true on the node: the idle color still running a release (left by a
+    /// deploy cut off mid-way), or a history that names another release than the one live.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -53,6 +58,7 @@ fn unreachable(env: &Environment, spec: &NodeSpec, err: anyhow::Error) -> NodeSt
         deployed_by: None,
         health: "unknown".into(),
         schema_version: None,
+        notes: Vec::new(),
         error: Some(crate::redact::redact(&format!("{err:#}"))),
     }
 }
@@ -70,12 +76,16 @@ async fn node_status(node: &Node, spec: &NodeSpec) -> anyhow::Result<NodeStatus>
         None => None,
     };
     let report = probe.as_ref().and_then(|p| p.report.clone());
+    let running = running_releases(node).await?;
+    let (version, notes) = live_release(color.as_deref(), &running, last.as_ref());
+    // The record's commit and time describe the live release only when it names it.
+    let last = last.filter(|r| version.as_deref() == Some(r.release.as_str()));
 
     Ok(NodeStatus {
         node: node.name.clone(),
         url: fleet::url(&node.env, spec),
         color,
-        version: last.as_ref().map(|r| r.release.clone()),
+        version,
         commit: last.as_ref().map(|r| r.commit.clone()),
         deployed_at: last.as_ref().map(|r| r.deployed_at.clone()),
         deployed_by: last.as_ref().map(|r| r.deployed_by.clone()),
@@ -87,8 +97,59 @@ async fn node_status(node: &Node, spec: &NodeSpec) -> anyhow::Result<NodeStatus>
         schema_version: report
             .and_then(|r| r.schema_version)
             .or(last.and_then(|r| r.schema_version)),
+        notes,
         error: None,
     })
+}
+
+/// The release each color's running app container runs, from its labels.
+async fn running_releases(node: &Node) -> anyhow::Result<BTreeMap<String, String>> {
+    let env = &node.env;
+    let out = node
+        .sh(&format!(
+            "docker ps --filter label=slipway.app={} --filter label=slipway.env={} \
+             --format '{{{{.Label \"slipway.color\"}}}} {{{{.Label \"slipway.release\"}}}}'",
+            quote(&env.settings.app),
+            quote(&env.name)
+        ))
+        .await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .map(|(color, release)| (color.to_string(), release.to_string()))
+        .collect())
+}
+
+/// The release live on the node: the one the live color's container runs (the history's
+/// last record when none runs), with notes on whatever disagrees with it.
+fn live_release(
+    live: Option<&str>,
+    running: &BTreeMap<String, String>,
+    last: Option<&history::Record>,
+) -> (Option<String>, Vec<String>) {
+    let recorded = last.map(|r| r.release.clone());
+    let version = live
+        .and_then(|c| running.get(c).cloned())
+        .or(recorded.clone());
+
+    let mut notes = Vec::new();
+    if let (Some(v), Some(r)) = (&version, &recorded) {
+        if v != r {
+            notes.push(format!(
+                "the history's last record names {r}, but the live color runs {v} (a deploy \
+                 was cut off between the switch and its record)"
+            ));
+        }
+    }
+    for (color, release) in running {
+        if Some(color.as_str()) != live {
+            notes.push(format!(
+                "the idle {color} color still runs {release}, not live (left by a deploy that \
+                 was cut off, or one in progress); the next deploy removes it"
+            ));
+        }
+    }
+    (version, notes)
 }
 
 pub fn print_table(rows: &[NodeStatus]) {
@@ -107,6 +168,9 @@ pub fn print_table(rows: &[NodeStatus]) {
             r.deployed_at.as_deref().unwrap_or("-"),
             r.url
         );
+        for note in &r.notes {
+            println!("  {}: {note}", r.node);
+        }
         if let Some(e) = &r.error {
             println!("  {}: {e}", r.node);
         }
@@ -422,4 +486,64 @@ async fn snapshot_lines(node: &Node) -> anyhow::Result<Vec<String>> {
         lines.push(line);
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(release: &str) -> history::Record {
+        history::Record {
+            action: "deploy".into(),
+            release: release.into(),
+            commit: "c".repeat(40),
+            image: String::new(),
+            image_id: String::new(),
+            color: "blue".into(),
+            deployed_at: String::new(),
+            deployed_by: String::new(),
+            deploy_id: String::new(),
+            schema_version: None,
+        }
+    }
+
+    fn running(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(c, r)| (c.to_string(), r.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_live_colors_container_names_the_release_and_disagreements_are_noted() {
+        let (v, notes) = live_release(
+            Some("blue"),
+            &running(&[("blue", "v1")]),
+            Some(&record("v1")),
+        );
+        assert_eq!((v.as_deref(), notes.len()), (Some("v1"), 0));
+
+        let cut = running(&[("blue", "v1"), ("green", "v2")]);
+        let (v, notes) = live_release(Some("blue"), &cut, Some(&record("v1")));
+        assert_eq!(v.as_deref(), Some("v1"));
+        assert!(
+            notes[0].contains("idle green color still runs v2"),
+            "{notes:?}"
+        );
+
+        let (v, notes) = live_release(Some("green"), &cut, Some(&record("v1")));
+        assert_eq!(v.as_deref(), Some("v2"), "switched but never recorded");
+        assert!(notes[0].contains("last record names v1"), "{notes:?}");
+        assert!(
+            notes[1].contains("idle blue color still runs v1"),
+            "{notes:?}"
+        );
+
+        let (v, notes) = live_release(Some("blue"), &running(&[]), Some(&record("v1")));
+        assert_eq!(
+            (v.as_deref(), notes.len()),
+            (Some("v1"), 0),
+            "nothing runs: the record"
+        );
+    }
 }

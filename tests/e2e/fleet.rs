@@ -357,6 +357,26 @@ fn a_node_cut_off_mid_deploy_fails_alone_and_takes_a_deploy_once_back() {
         "status lies about edge-1: {rows}"
     );
     assert!(row["error"].is_null(), "{rows}");
+    let idle = if row["color"] == "blue" {
+        "green"
+    } else {
+        "blue"
+    };
+    let leftover = on_node_ok(
+        &project.nodes[2],
+        &format!(
+            "docker ps -q --filter label=slipway.env={} --filter label=slipway.color={idle}",
+            project.env
+        ),
+    );
+    let noted = row["notes"]
+        .to_string()
+        .contains(&format!("idle {idle} color still runs"));
+    assert_eq!(
+        noted,
+        !leftover.trim().is_empty(),
+        "status and the node disagree on a leftover {idle} color: {rows}"
+    );
 
     let again = project
         .slipway()
