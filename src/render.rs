@@ -295,26 +295,36 @@ mod tests {
     use super::*;
     use crate::config::Environment;
 
+    /// An environment `unit` of this repository's `inventory/all.yml` and the given
+    /// environment file, with two sample secrets.
+    fn sample_env(dir: &std::path::Path, env_file: &str) -> Environment {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(dir.join("inventory")).unwrap();
+        std::fs::copy(
+            root.join("inventory/all.yml"),
+            dir.join("inventory/all.yml"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("inventory/unit.yml"), env_file).unwrap();
+        let mut env = Environment::load_without_secrets(dir, "unit").unwrap();
+        env.secrets = crate::config::Secrets::from_pairs([
+            ("DB_PASSWORD", "unit-db-password"),
+            ("API_KEY", "unit-api-key"),
+        ]);
+        env
+    }
+
     /// With `database.node`, that node publishes its database on its address and the
     /// others' apps connect there; neither starts a database of its own in its env file.
     #[test]
     fn a_shared_database_is_published_by_its_node_and_reached_by_the_others() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("inventory")).unwrap();
-        std::fs::copy(
-            root.join("inventory/all.yml"),
-            dir.path().join("inventory/all.yml"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("inventory/unit.yml"),
+        let env = sample_env(
+            dir.path(),
             "database: {node: n1, port: 6543}\nnodes:\n  - {name: n1, address: 10.1.1.1, user: d}\n  \
              - {name: n2, address: 10.1.1.2, user: d}\n",
-        )
-        .unwrap();
-        let mut env = Environment::load_without_secrets(dir.path(), "unit").unwrap();
-        env.secrets = crate::config::Secrets::from_pairs([("DB_PASSWORD", "p"), ("API_KEY", "k")]);
+        );
         let paths = Paths::new(&env);
         let images = Images {
             postgres: "slipway/postgres:x".into(),
@@ -343,7 +353,6 @@ mod tests {
         );
     }
 
-    /// Renders every template of this repository for a sample environment and checks that
     /// The env-file fallback: only app.env.j2 sees secret values, quoted so compose hands
     /// the container every byte (`\$` is a literal `$` in compose's double quotes).
     #[test]
@@ -382,27 +391,16 @@ mod tests {
         );
     }
 
+    /// Renders every template of this repository for a sample environment and checks that
     /// the compose files are valid YAML with the expected names.
     #[test]
     fn repository_templates_render_to_valid_compose_files() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("inventory")).unwrap();
-        std::fs::copy(
-            root.join("inventory/all.yml"),
-            dir.path().join("inventory/all.yml"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("inventory/unit.yml"),
+        let env = sample_env(
+            dir.path(),
             "nodes:\n  - {name: n1, address: 10.1.1.1, user: deploy}\n",
-        )
-        .unwrap();
-        let mut env = Environment::load_without_secrets(dir.path(), "unit").unwrap();
-        env.secrets = crate::config::Secrets::from_pairs([
-            ("DB_PASSWORD", "unit-db-password"),
-            ("API_KEY", "unit-api-key"),
-        ]);
+        );
 
         let paths = Paths::new(&env);
         let images = Images {

@@ -492,21 +492,6 @@ async fn snapshot_lines(node: &Node) -> anyhow::Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn record(release: &str) -> history::Record {
-        history::Record {
-            action: "deploy".into(),
-            release: release.into(),
-            commit: "c".repeat(40),
-            image: String::new(),
-            image_id: String::new(),
-            color: "blue".into(),
-            deployed_at: String::new(),
-            deployed_by: String::new(),
-            deploy_id: String::new(),
-            schema_version: None,
-        }
-    }
-
     fn running(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -519,19 +504,27 @@ mod tests {
         let (v, notes) = live_release(
             Some("blue"),
             &running(&[("blue", "v1")]),
-            Some(&record("v1")),
+            Some(&history::Record::sample("deploy", "v1")),
         );
         assert_eq!((v.as_deref(), notes.len()), (Some("v1"), 0));
 
         let cut = running(&[("blue", "v1"), ("green", "v2")]);
-        let (v, notes) = live_release(Some("blue"), &cut, Some(&record("v1")));
+        let (v, notes) = live_release(
+            Some("blue"),
+            &cut,
+            Some(&history::Record::sample("deploy", "v1")),
+        );
         assert_eq!(v.as_deref(), Some("v1"));
         assert!(
             notes[0].contains("idle green color still runs v2"),
             "{notes:?}"
         );
 
-        let (v, notes) = live_release(Some("green"), &cut, Some(&record("v1")));
+        let (v, notes) = live_release(
+            Some("green"),
+            &cut,
+            Some(&history::Record::sample("deploy", "v1")),
+        );
         assert_eq!(v.as_deref(), Some("v2"), "switched but never recorded");
         assert!(notes[0].contains("last record names v1"), "{notes:?}");
         assert!(
@@ -539,7 +532,11 @@ mod tests {
             "{notes:?}"
         );
 
-        let (v, notes) = live_release(Some("blue"), &running(&[]), Some(&record("v1")));
+        let (v, notes) = live_release(
+            Some("blue"),
+            &running(&[]),
+            Some(&history::Record::sample("deploy", "v1")),
+        );
         assert_eq!(
             (v.as_deref(), notes.len()),
             (Some("v1"), 0),
