@@ -199,11 +199,7 @@ fn a_failing_canary_keeps_every_other_node_untouched() {
             "{row}"
         );
     }
-    let events: Vec<serde_json::Value> = run
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
-        .collect();
+    let events = run.events();
     let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
     assert_eq!(count("node.started"), 1, "{}", run.stdout);
     assert_eq!(count("node.failed"), 1);
@@ -254,11 +250,7 @@ fn one_at_a_time_and_no_new_node_once_more_than_max_fail_failed() {
         "{skipped}"
     );
 
-    let events: Vec<serde_json::Value> = run
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
-        .collect();
+    let events = run.events();
     let mut running = 0;
     for event in &events {
         match event["event"].as_str() {

@@ -18,14 +18,6 @@ fn containers(project: &Project, node: usize, role: &str) -> usize {
     ids.split_whitespace().count()
 }
 
-/// The JSON events of a `--json` run, in the order they were written.
-fn events(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
 /// Where in `events` the first one matching `kind`, `step` and `node` (`None`: the run's
 /// own) is.
 fn position(events: &[serde_json::Value], kind: &str, step: &str, node: Option<&str>) -> usize {
@@ -75,7 +67,7 @@ fn fc07_nodes_sharing_a_database_migrate_it_once_before_any_switch() {
 
     let (first, _) = first.finish(Duration::from_secs(300));
     first.assert_code(0);
-    let events = events(&first.stdout);
+    let events = first.events();
     let deploy_id = events[0]["deploy_id"].as_str().unwrap_or_default();
     second.assert_stderr_has(deploy_id);
 

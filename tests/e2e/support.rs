@@ -442,6 +442,15 @@ impl Run {
         self
     }
 
+    /// The JSON events of a `--json` run, one a line, in the order they were written.
+    #[track_caller]
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
+            .collect()
+    }
+
     #[track_caller]
     pub fn assert_stderr_has(&self, text: &str) -> &Self {
         assert!(
