@@ -30,7 +30,10 @@ fn position(events: &[serde_json::Value], kind: &str, step: &str, node: Option<&
 #[test]
 fn fc07_nodes_sharing_a_database_migrate_it_once_before_any_switch() {
     let mut project = Project::new("e2e-fc07", 18140, 3);
-    project.set_extra("database:\n  node: node-1\n");
+    project.set_extra(&format!(
+        "database:\n  node: node-1\n  port: {}\n",
+        project.http_port + 7000
+    ));
     project.deploy().assert_code(0);
     assert_eq!(containers(&project, 0, "db"), 1, "node-1 runs the database");
     for node in 1..3 {
@@ -104,7 +107,10 @@ fn fc07_nodes_sharing_a_database_migrate_it_once_before_any_switch() {
 #[test]
 fn a_node_deployed_alone_migrates_the_shared_database_on_its_own_node() {
     let mut project = Project::new("e2e-fc07-limit", 18141, 3);
-    project.set_extra("database:\n  node: node-1\n");
+    project.set_extra(&format!(
+        "database:\n  node: node-1\n  port: {}\n",
+        project.http_port + 7000
+    ));
     let v1 = project.deploy_first_release();
 
     project.write(
