@@ -412,7 +412,9 @@ impl Deploy {
             }
         }
 
-        let applied = migrate::apply(&self.node, &self.pending)
+        let (reporter, name) = (self.shared.reporter.clone(), self.node.name.clone());
+        let say = move |message: &str| reporter.info(&name, message);
+        let applied = migrate::apply(&self.node, &self.pending, &say)
             .await
             .map_err(|e| {
                 let snap = self
@@ -431,6 +433,9 @@ impl Deploy {
             applied,
             state.version.map_or("none".into(), |v| v.to_string())
         ));
+        if self.lock.hold_again(&self.node).await? {
+            self.info("the lock, dropped with the lost connection, is held again by this deploy");
+        }
         Ok(())
     }
 
