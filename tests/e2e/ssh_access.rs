@@ -2,7 +2,8 @@
 //! from environment variables and no `~/.ssh` or agent (FC-11), and a deploy user who may
 //! not use Docker, which must fail fast instead of waiting on a prompt (FC-13); a node
 //! behind a jump host named in an SSH client configuration; keepalives through a proxy
-//! that cuts idle connections (FC-12, first half).
+//! that cuts idle connections (FC-12, first half); a hard cut of every connection during a
+//! long migration, survived by reconnecting (FC-12, second half).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -10,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{harness, on_node_ok, repo, sh_ok, Project};
+use crate::lock::assert_lock_free;
+use crate::support::{harness, on_node_ok, repo, sh_ok, Project, Watched};
 
 fn harness_key() -> String {
     std::fs::read_to_string(repo().join("tests/harness/.state/id_ed25519")).unwrap()
@@ -241,27 +243,65 @@ fn an_ssh_config_alias_reaches_its_node_through_a_jump_host() {
     );
 }
 
-/// A TCP proxy that cuts any connection idle (no byte either way) for longer than `idle`,
-/// as a stateful firewall or cloud load balancer does.
-struct IdleCutProxy {
+/// A TCP proxy in front of a node's sshd. It cuts any connection idle (no byte either way)
+/// for longer than `idle`, as a stateful firewall or cloud load balancer does, and on
+/// demand cuts every connection at once and refuses new ones until restored, as a network
+/// outage does.
+struct CuttingProxy {
     port: u16,
+    /// Connections cut for being idle.
     cuts: Arc<AtomicUsize>,
+    /// Both ends of every connection relayed so far.
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    /// While set, a new connection is closed as soon as it is accepted.
+    refusing: Arc<AtomicBool>,
 }
 
-impl IdleCutProxy {
-    fn start(upstream: String, idle: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+impl CuttingProxy {
+    /// Listens on 127.0.0.1:`port` (0: any free port) and relays to `upstream`.
+    fn start(port: u16, upstream: String, idle: Duration) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let cuts = Arc::new(AtomicUsize::new(0));
-        let counted = cuts.clone();
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (counted, kept, closed) = (cuts.clone(), streams.clone(), refusing.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
+                if closed.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 if let Ok(server) = TcpStream::connect(&upstream) {
+                    let mut kept = kept.lock().unwrap();
+                    kept.push(client.try_clone().unwrap());
+                    kept.push(server.try_clone().unwrap());
                     relay(client, server, idle, counted.clone());
                 }
             }
         });
-        IdleCutProxy { port, cuts }
+        CuttingProxy {
+            port,
+            cuts,
+            streams,
+            refusing,
+        }
+    }
+
+    /// Cuts every open connection and refuses new ones; returns how many were open.
+    fn cut_everything(&self) -> usize {
+        self.refusing.store(true, Ordering::SeqCst);
+        let streams: Vec<TcpStream> = self.streams.lock().unwrap().drain(..).collect();
+        let open = streams.iter().filter(|s| s.peer_addr().is_ok()).count() / 2;
+        for stream in streams {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        open
+    }
+
+    /// Accepts connections again.
+    fn restore(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
     }
 }
 
@@ -298,13 +338,10 @@ fn relay(client: TcpStream, server: TcpStream, idle: Duration, cuts: Arc<AtomicU
     });
 }
 
-#[test]
-fn fc12_keepalives_carry_a_long_silent_migration_through_an_idle_cutting_proxy() {
-    let mut project = Project::new("e2e-keepalive", 18118, 1);
+/// Points the project's only node at `proxy`, whose address known_hosts must hold the
+/// node's host keys under.
+fn reach_through(project: &mut Project, proxy: &CuttingProxy) {
     let node = project.nodes[0].clone();
-    let idle_cut = Duration::from_secs(8);
-    let proxy = IdleCutProxy::start(format!("{}:22", node.address), idle_cut);
-
     let host_keys = on_node_ok(&node, "cat /etc/ssh/ssh_host_*_key.pub");
     let known_hosts = project.root().join("known_hosts.proxy");
     let lines: Vec<String> = host_keys
@@ -313,16 +350,17 @@ fn fc12_keepalives_carry_a_long_silent_migration_through_an_idle_cutting_proxy()
         .collect();
     std::fs::write(&known_hosts, lines.join("\n") + "\n").unwrap();
     project.set_known_hosts(&known_hosts);
+    point_node_at(project, "127.0.0.1", proxy.port);
+}
+
+#[test]
+fn fc12_keepalives_carry_a_long_silent_migration_through_an_idle_cutting_proxy() {
+    let mut project = Project::new("e2e-keepalive", 18118, 1);
+    let node = project.nodes[0].clone();
+    let idle_cut = Duration::from_secs(8);
+    let proxy = CuttingProxy::start(0, format!("{}:22", node.address), idle_cut);
     project.set_extra("ssh_keepalive_seconds: 2");
-    let rel = format!("inventory/{}.yml", project.env);
-    let text = std::fs::read_to_string(project.root().join(&rel)).unwrap();
-    project.write(
-        &rel,
-        &text.replace(
-            &format!("address: {}\n", node.address),
-            &format!("address: 127.0.0.1\n    port: {}\n", proxy.port),
-        ),
-    );
+    reach_through(&mut project, &proxy);
     project.commit("v1");
     project.deploy().assert_code(0);
 
@@ -346,6 +384,76 @@ fn fc12_keepalives_carry_a_long_silent_migration_through_an_idle_cutting_proxy()
         0,
         "the proxy cut an idle connection"
     );
+}
+
+/// FC-12, second half: every connection to the node is cut 20 s into a 60 s migration and
+/// the node is unreachable for 10 s. The migration goes on on the node and runs once; the
+/// deploy says it lost the connection, reconnects, reads back what the migration did, takes
+/// the lock again and finishes with the new release live; the lock ends free.
+#[test]
+fn fc12_a_hard_cut_during_a_long_migration_is_survived_by_reconnecting() {
+    let mut project = Project::new("e2e-fc12-cut", 18300, 1);
+    let node = project.nodes[0].clone();
+    let never_idle = Duration::from_secs(3600);
+    let proxy = CuttingProxy::start(18301, format!("{}:22", node.address), never_idle);
+    project.set_extra("ssh_keepalive_seconds: 2\nssh_connect_timeout_seconds: 5");
+    reach_through(&mut project, &proxy);
+    let v1 = project.deploy_first_release();
+
+    // nextval is not rolled back with a transaction: it counts how often the file started.
+    project.psql("CREATE SEQUENCE fc12_starts");
+    project.write(
+        "migrations/000004_slow_mark.up.sql",
+        "SELECT nextval('fc12_starts');\n\
+         CREATE TABLE fc12_runs (ran_at timestamptz);\n\
+         INSERT INTO fc12_runs VALUES (now());\n\
+         SELECT pg_sleep(60);\n",
+    );
+    project.write(
+        "migrations/000004_slow_mark.down.sql",
+        "DROP TABLE fc12_runs;\n",
+    );
+    project.commit("v2: a 60 s migration that records each run");
+
+    let mut deploy = Watched::start(project.slipway().args(["deploy", &project.env]));
+    deploy.wait_for_line(&["node-1 | migrate..."], Duration::from_secs(600));
+    let migrating = Instant::now();
+    std::thread::sleep(Duration::from_secs(20));
+    let cut = proxy.cut_everything();
+    std::thread::sleep(Duration::from_secs(10));
+    proxy.restore();
+    let (run, _) = deploy.finish(Duration::from_secs(300));
+    let took = migrating.elapsed();
+    eprintln!("{}", run.stderr);
+
+    run.assert_code(0)
+        .assert_stderr_has("connection to node-1 lost during migrate; reconnecting")
+        .assert_stderr_has("reconnected to node-1; reading back what the migration did")
+        .assert_stderr_has("migrations applied: [4]; schema version 4")
+        .assert_stderr_has("the lock, dropped with the lost connection, is held again");
+    assert!(cut >= 1, "the proxy cut no open connection");
+    assert!(
+        took > Duration::from_secs(60),
+        "the deploy ended {took:?} after the migrate step began: the 60 s migration did not run"
+    );
+    let v2 = project.live_version(0).expect("the new release answers");
+    assert_ne!(v2, v1, "the new release is live");
+    assert_eq!(project.psql("SELECT count(*) FROM fc12_runs"), "1");
+    assert_eq!(
+        project.psql("SELECT last_value || ' ' || is_called FROM fc12_starts"),
+        "1 true",
+        "the migration started exactly once"
+    );
+    assert_eq!(
+        project.psql("SELECT version || ' ' || dirty FROM schema_migrations"),
+        "4 false"
+    );
+    assert_lock_free(&project);
+    let jobs = on_node_ok(
+        &node,
+        &format!("ls -A {}/jobs 2>/dev/null || true", project.state_dir()),
+    );
+    assert_eq!(jobs, "", "the migration's job files were removed");
 }
 
 /// Points the project's only node at `address:port` instead of its sshd.
