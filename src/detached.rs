@@ -44,15 +44,14 @@ pub async fn run(
     say: Say<'_>,
 ) -> anyhow::Result<Output> {
     let dir = job_dir(node, job);
-    node.write_file(&format!("{dir}/input"), input, 0o600)
-        .await
-        .with_context(|| format!("{}: writing the input of {}", node.name, job.what))?;
     let script = runner(&dir, command).into_bytes();
-    node.write_file(&format!("{dir}/run.sh"), script, 0o700)
-        .await
-        .with_context(|| format!("{}: writing the runner of {}", node.name, job.what))?;
+    for (name, bytes, mode) in [("input", input, 0o600), ("run.sh", script, 0o700)] {
+        write(node, job, say, &format!("{dir}/{name}"), bytes, mode)
+            .await
+            .with_context(|| format!("{}: writing {dir}/{name}", node.name))?;
+    }
 
-    let started = resilient(node, job, say, &start(&dir)).await?;
+    let started = resilient(node, job, say, Phase::Starting, &start(&dir)).await?;
     if !started.success() {
         bail!(
             "{}: {} could not be started: {}",
@@ -62,7 +61,7 @@ pub async fn run(
         );
     }
 
-    let waited = resilient(node, job, say, &wait(&dir)).await?;
+    let waited = resilient(node, job, say, Phase::Running, &wait(&dir)).await?;
     if !waited.success() {
         bail!(
             "{}: {} ended without recording its exit code (its runner was killed, or the node \
@@ -131,9 +130,9 @@ fn wait(dir: &str) -> String {
 /// Reads the exit code and the output the command left behind.
 async fn collect(node: &Node, job: &Job<'_>, say: Say<'_>, dir: &str) -> anyhow::Result<Output> {
     let read = |name: &str| format!("cat {}", quote(&format!("{dir}/{name}")));
-    let code = resilient(node, job, say, &read("code")).await?;
-    let stdout = resilient(node, job, say, &read("stdout")).await?;
-    let stderr = resilient(node, job, say, &read("stderr")).await?;
+    let code = resilient(node, job, say, Phase::Ended, &read("code")).await?;
+    let stdout = resilient(node, job, say, Phase::Ended, &read("stdout")).await?;
+    let stderr = resilient(node, job, say, Phase::Ended, &read("stderr")).await?;
     let code = code.stdout().trim().parse::<i32>().ok();
     Ok(Output {
         code,
@@ -142,12 +141,36 @@ async fn collect(node: &Node, job: &Job<'_>, say: Say<'_>, dir: &str) -> anyhow:
     })
 }
 
+/// Writes a file on the node, again on a new connection when the first one is lost
+/// meanwhile (the write goes to a temporary name first, so a cut write leaves no half file).
+async fn write(
+    node: &Node,
+    job: &Job<'_>,
+    say: Say<'_>,
+    path: &str,
+    bytes: Vec<u8>,
+    mode: u32,
+) -> anyhow::Result<()> {
+    loop {
+        let result = node.write_file(path, bytes.clone(), mode).await;
+        if result.is_ok() {
+            return result;
+        }
+        tokio::time::sleep(LAG).await;
+        if node.host.connected() {
+            return result;
+        }
+        reconnect(node, job, say, Phase::Before).await?;
+    }
+}
+
 /// Runs a command that may run again without harm. When the connection is lost meanwhile,
 /// opens a new one and runs the command again on it.
 async fn resilient(
     node: &Node,
     job: &Job<'_>,
     say: Say<'_>,
+    phase: Phase,
     command: &str,
 ) -> anyhow::Result<Output> {
     let mut unexplained = 0;
@@ -159,7 +182,7 @@ async fn resilient(
 
         // The channel ended without an exit status: the connection may be gone, which the
         // SSH library can tell a moment after the channel ends.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(LAG).await;
         if node.host.connected() {
             if result.is_err() || unexplained == 3 {
                 return result;
@@ -167,25 +190,70 @@ async fn resilient(
             unexplained += 1;
             continue;
         }
-        reconnect(node, job, say).await?;
+        reconnect(node, job, say, phase).await?;
     }
 }
 
-async fn reconnect(node: &Node, job: &Job<'_>, say: Say<'_>) -> anyhow::Result<()> {
+/// How long the SSH library may take to tell that a connection whose channel just ended
+/// is gone.
+const LAG: Duration = Duration::from_millis(500);
+
+/// Where the job was when the connection went, for what the messages may claim.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Its files were being written: it has not started.
+    Before,
+    /// Its start was sent: it may have started.
+    Starting,
+    /// It was started.
+    Running,
+    /// It has ended; its result was being read.
+    Ended,
+}
+
+impl Phase {
+    /// What became of the job, while the connection is down.
+    fn meanwhile(self, what: &str) -> String {
+        match self {
+            Phase::Before => format!("{what} has not started"),
+            Phase::Starting => format!("{what}, if it started, runs on apart from the SSH session"),
+            Phase::Running => format!("{what} runs on apart from the SSH session"),
+            Phase::Ended => format!("{what} has ended"),
+        }
+    }
+
+    /// What may be true on the node when the connection did not come back.
+    fn unknown(self, what: &str) -> String {
+        match self {
+            Phase::Before => format!("{what} did not start"),
+            Phase::Starting => {
+                format!("{what} may have started and may still be running on the node")
+            }
+            Phase::Running => {
+                format!("{what} may still be running on the node, apart from the SSH session")
+            }
+            Phase::Ended => {
+                format!("{what} has ended on the node, and its result could not be read")
+            }
+        }
+    }
+}
+
+async fn reconnect(node: &Node, job: &Job<'_>, say: Say<'_>, phase: Phase) -> anyhow::Result<()> {
     let window = node.host.reconnect_window().as_secs();
     say(&format!(
-        "connection to {} lost during {}; reconnecting (for up to {window}s); {} runs on \
-         apart from the SSH session",
-        node.name, job.step, job.what
+        "connection to {} lost during {}; reconnecting (for up to {window}s); {}",
+        node.name,
+        job.step,
+        phase.meanwhile(job.what)
     ));
     if let Err(e) = node.host.reconnect().await {
         bail!(
-            "connection to {} lost during {} and not back within {window}s ({e:#}); {} may \
-             still be running on the node, apart from the SSH session: once the node answers, \
-             check with `{}`",
+            "connection to {} lost during {} and not back within {window}s ({e:#}); {}: once \
+             the node answers, check with `{}`",
             node.name,
             job.step,
-            job.what,
+            phase.unknown(job.what),
             job.check
         );
     }

@@ -421,6 +421,9 @@ impl Deploy {
                     .snapshot
                     .as_deref()
                     .unwrap_or("none (the database was empty)");
+                if !self.node.host.connected() {
+                    return e.context(format!("snapshot taken before migrating: {snap}"));
+                }
                 e.context(format!(
                     "snapshot taken before migrating: {snap}; the tool never forces the version: \
                  see `slipway migrate status`, fix the cause, then `slipway migrate recover`"

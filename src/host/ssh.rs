@@ -127,10 +127,10 @@ impl SshHost {
     }
 }
 
-/// How long [`Host::reconnect`] keeps trying: a minute, or two connect timeouts when those
-/// are longer. Each attempt gets the whole connect timeout.
+/// How long [`Host::reconnect`] keeps trying: six connect timeouts (a minute with the
+/// default of 10 s). An attempt begun inside the window gets its whole connect timeout.
 fn reconnect_window(target: &SshTarget) -> Duration {
-    (target.connect_timeout * 2).max(Duration::from_secs(60))
+    target.connect_timeout * 6
 }
 
 /// Connects (through the jump host, if any), verifies the host key and authenticates.
