@@ -64,6 +64,15 @@ pub struct Lock {
     generation: u64,
 }
 
+/// The lock went with a lost connection and could not be taken again for the same deploy:
+/// another operation held it meanwhile. `next` says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Lost {
+    message: String,
+    pub next: String,
+}
+
 /// How long [`Lock::hold_again`] waits for the node to end this deploy's own holding
 /// command of the lost connection.
 const OLD_SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -249,6 +258,16 @@ impl Lock {
 
     /// Why the lock could not be taken again after a reconnect.
     fn taken_meanwhile(&self, node: &Node, record: Option<&Holder>, busy: bool) -> anyhow::Error {
+        let message = self.lost_message(node, record, busy);
+        let next = format!(
+            "what the step did stands (see above); wait for the operation holding the lock \
+             (`slipway lock status {}`), then deploy again",
+            node.env.name
+        );
+        Lost { message, next }.into()
+    }
+
+    fn lost_message(&self, node: &Node, record: Option<&Holder>, busy: bool) -> String {
         let who = match record {
             Some(h) if h.deploy_id == self.holder.deploy_id => format!(
                 "this deploy's own session of the lost connection, which the node has not \
@@ -263,7 +282,7 @@ impl Lock {
         } else {
             "held it meanwhile"
         };
-        anyhow::anyhow!(
+        format!(
             "the lock of {env} on {node} was dropped with the lost SSH connection and could \
              not be taken again for deploy {id}: {who} {now}; this node stops here, changing \
              nothing more. See `slipway lock status {env}` and `slipway status {env}`",

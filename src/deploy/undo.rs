@@ -38,6 +38,9 @@ impl Deploy {
 
         let mut cause_text = format!("{cause:#}");
         let mut next = hint(step);
+        if let Some(lost) = cause.downcast_ref::<crate::lock::Lost>() {
+            next = lost.next.clone();
+        }
         if !self.node.host.connected() {
             cause_text = format!(
                 "the node could not be reached: its SSH connection was lost during the step, \

@@ -594,7 +594,13 @@ fn fc12_a_lock_taken_by_another_operation_during_the_cut_stops_the_node_after_th
         .assert_stderr_has("step `migrate` failed")
         .assert_stderr_has("could not be taken again for deploy")
         .assert_stderr_has("ops@other-laptop pid 4242 (deploy d-other-fc12")
-        .assert_stderr_has("holds it now; this node stops here");
+        .assert_stderr_has("holds it now; this node stops here")
+        .assert_stderr_has("next: what the step did stands");
+    assert!(
+        !run.stderr.contains("failed migration"),
+        "the migration did not fail:\n{}",
+        run.stderr
+    );
     migrated_once(&project);
     assert_eq!(
         project.live_version(0).as_deref(),
