@@ -4,6 +4,9 @@
 //! local pipe): when slipway exits, is killed, or loses its connection, the command's stdin
 //! closes, it exits, and the kernel drops the lock. Nothing is ever left stale. A JSON file
 //! beside the lock says who holds it and what step they are in; it is informational only.
+//! When a step opens the connection again after a loss (a migration, FC-12), the lock is
+//! taken again for the same deploy, or given up when another operation took it meanwhile
+//! ([`Lock::hold_again`]).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,6 @@
-//! Nodes reached over SSH (russh): one connection per node, reused by every step.
+//! Nodes reached over SSH (russh): one connection per node, reused by every step, and
+//! opened again (within a bounded time) when a step that outlives its session asks for it
+//! after the connection was lost (see `crate::detached`).
 //!
 //! The host key is checked against known_hosts before authentication; an unknown or changed
 //! key ends the connection before any command runs. Agent forwarding is never requested.
