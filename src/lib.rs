@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod detached;
 pub mod error;
 pub mod event;
 pub mod fleet;

@@ -4,6 +4,9 @@
 //! local pipe): when slipway exits, is killed, or loses its connection, the command's stdin
 //! closes, it exits, and the kernel drops the lock. Nothing is ever left stale. A JSON file
 //! beside the lock says who holds it and what step they are in; it is informational only.
+//! When a step opens the connection again after a loss (a migration, FC-12), the lock is
+//! taken again for the same deploy, or given up when another operation took it meanwhile
+//! ([`Lock::hold_again`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -56,24 +59,59 @@ impl Holder {
 /// A held lock. Release it explicitly; dropping it also frees the lock once the channel
 /// closes.
 pub struct Lock {
-    held: Box<dyn Held>,
+    /// The command holding the flock; `None` once the lock was lost for good.
+    held: Option<Box<dyn Held>>,
     holder: Holder,
+    /// The node's connection generation the holding command runs on
+    /// ([`crate::host::Host::generation`]).
+    generation: u64,
 }
+
+/// The lock went with a lost connection and could not be taken again for the same deploy:
+/// another operation held it meanwhile. `next` says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Lost {
+    message: String,
+    pub next: String,
+}
+
+/// How long [`Lock::hold_again`] waits for the node to end this deploy's own holding
+/// command of the lost connection.
+const OLD_SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Takes the lock or fails at once with the holder's details (exit code 3).
 pub async fn acquire(node: &Node, holder: Holder) -> anyhow::Result<Lock> {
+    refuse_network_filesystem(node).await?;
+    let generation = node.host.generation();
+    let held = match try_take(node).await? {
+        Taken::Held(held) => held,
+        Taken::Busy => return Err(refused(node).await),
+    };
+    let lock = Lock {
+        held: Some(held),
+        holder,
+        generation,
+    };
+    write_holder(node, &lock.holder).await?;
+    Ok(lock)
+}
+
+enum Taken {
+    Held(Box<dyn Held>),
+    Busy,
+}
+
+/// One attempt at the flock, without waiting.
+async fn try_take(node: &Node) -> anyhow::Result<Taken> {
     let base = quote(node.paths.base());
     let lock = quote(&node.paths.lock());
     let command = format!(
         "mkdir -p {base} && exec flock -n -E {BUSY} {lock} sh -c 'echo acquired; exec cat >/dev/null'"
     );
-
-    refuse_network_filesystem(node).await?;
     let mut held = node.host.hold(&command).await?;
     if held.read_line().await?.as_deref() == Some("acquired") {
-        let lock = Lock { held, holder };
-        write_holder(node, &lock.holder).await?;
-        return Ok(lock);
+        return Ok(Taken::Held(held));
     }
 
     let code = held.release().await?;
@@ -83,7 +121,12 @@ pub async fn acquire(node: &Node, holder: Holder) -> anyhow::Result<Lock> {
             node.paths.lock()
         );
     }
-    Err(Error::Locked {
+    Ok(Taken::Busy)
+}
+
+/// The refusal of a lock someone holds, naming them (exit code 3).
+async fn refused(node: &Node) -> anyhow::Error {
+    Error::Locked {
         node: node.name.clone(),
         env: node.env.name.clone(),
         holder: read_holder(node)
@@ -94,7 +137,7 @@ pub async fn acquire(node: &Node, holder: Holder) -> anyhow::Result<Lock> {
                 h.describe()
             }),
     }
-    .into())
+    .into()
 }
 
 /// File system types on which `flock` may not exclude a deploy from another machine
@@ -146,6 +189,9 @@ impl Lock {
     /// Records the step the holder is in, for whoever is refused meanwhile.
     pub async fn step(&mut self, node: &Node, step: &str) {
         self.holder.step = step.to_string();
+        if self.held.is_none() || node.host.generation() != self.generation {
+            return;
+        }
         if let Err(e) = write_holder(node, &self.holder).await {
             tracing::warn!(node = %node.name, "cannot update the lock holder file: {e:#}");
         }
@@ -156,12 +202,97 @@ impl Lock {
         &self.holder.step
     }
 
-    /// Removes the holder file while still holding the lock, then lets go.
-    pub async fn release(self, node: &Node) -> anyhow::Result<()> {
+    /// Removes the holder file while still holding the lock, then lets go. A lock that
+    /// went with a lost connection is taken again first (see [`Lock::hold_again`]), so a
+    /// holder file another operation wrote meanwhile is never removed.
+    pub async fn release(mut self, node: &Node) -> anyhow::Result<()> {
+        if self.held.is_some() {
+            self.hold_again(node).await?;
+        }
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
         let holder = quote(&node.paths.lock_holder());
         node.run(&format!("rm -f {holder}"), Input::None).await?;
-        self.held.release().await?;
+        held.release().await?;
         Ok(())
+    }
+
+    /// After the node's connection was opened again ([`crate::host::Host::reconnect`]),
+    /// the command that held the flock has ended with the old connection and the node has
+    /// let go of the lock. Takes it again for this same deploy, as long as nobody else
+    /// took it meanwhile: the record beside the lock must still name this deploy. While the
+    /// flock is still held under this deploy's record, the node has not yet ended the old
+    /// session; that is waited for, up to 30 s. Anything else means another operation held
+    /// the lock while the connection was down: the lock is given up for good and the error
+    /// says so, so the node stops. Returns whether the lock was taken again.
+    pub async fn hold_again(&mut self, node: &Node) -> anyhow::Result<bool> {
+        let now = node.host.generation();
+        if now == self.generation || self.held.is_none() {
+            return Ok(false);
+        }
+        self.held = None;
+
+        let deadline = std::time::Instant::now() + OLD_SESSION_WAIT;
+        loop {
+            let taken = try_take(node).await?;
+            let record = read_holder(node).await?;
+            let ours = record
+                .as_ref()
+                .is_some_and(|h| h.deploy_id == self.holder.deploy_id);
+            match taken {
+                Taken::Held(held) if ours => {
+                    self.held = Some(held);
+                    self.generation = now;
+                    write_holder(node, &self.holder).await?;
+                    return Ok(true);
+                }
+                Taken::Held(held) => {
+                    held.release().await?;
+                    return Err(self.taken_meanwhile(node, record.as_ref(), false));
+                }
+                Taken::Busy if ours && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Taken::Busy => return Err(self.taken_meanwhile(node, record.as_ref(), true)),
+            }
+        }
+    }
+
+    /// Why the lock could not be taken again after a reconnect.
+    fn taken_meanwhile(&self, node: &Node, record: Option<&Holder>, busy: bool) -> anyhow::Error {
+        let message = self.lost_message(node, record, busy);
+        let next = format!(
+            "what the step did stands (see above); wait for the operation holding the lock \
+             (`slipway lock status {}`), then deploy again",
+            node.env.name
+        );
+        Lost { message, next }.into()
+    }
+
+    fn lost_message(&self, node: &Node, record: Option<&Holder>, busy: bool) -> String {
+        let who = match record {
+            Some(h) if h.deploy_id == self.holder.deploy_id => format!(
+                "this deploy's own session of the lost connection, which the node has not \
+                 ended after {}s",
+                OLD_SESSION_WAIT.as_secs()
+            ),
+            Some(h) => h.describe(),
+            None => "another operation, which has removed this deploy's holder record".into(),
+        };
+        let now = if busy {
+            "holds it now"
+        } else {
+            "held it meanwhile"
+        };
+        format!(
+            "the lock of {env} on {node} was dropped with the lost SSH connection and could \
+             not be taken again for deploy {id}: {who} {now}; this node stops here, changing \
+             nothing more. See `slipway lock status {env}` and `slipway status {env}`",
+            env = node.env.name,
+            node = node.name,
+            id = self.holder.deploy_id,
+        )
     }
 }
 

@@ -34,6 +34,7 @@ use anyhow::{bail, Context};
 use tokio::process::Command;
 
 use crate::config::Migrations;
+use crate::detached::{self, Job, Say};
 use crate::error::Error;
 use crate::node::Node;
 
@@ -289,12 +290,21 @@ pub async fn force_clean(node: &Node, dirty: Option<u64>, to: u64) -> anyhow::Re
 }
 
 /// Applies the pending migrations; returns the versions this run applied.
-pub async fn apply(node: &Node, pending: &[Migration]) -> anyhow::Result<Vec<u64>> {
+///
+/// psql runs on the node apart from the SSH session (see `crate::detached`): a connection
+/// lost meanwhile does not cut the script short; the tool reconnects and reads back what
+/// the run did, telling `say` about the loss and the return.
+pub async fn apply(node: &Node, pending: &[Migration], say: Say<'_>) -> anyhow::Result<Vec<u64>> {
     crate::lint::check_shape(pending)?;
 
     let settings = &node.env.settings;
     let sql = script(pending, &settings.database.name, &settings.migrations);
-    let out = node.psql(&sql, "").await?;
+    let job = Job {
+        step: "migrate",
+        what: "the migration",
+        check: format!("slipway migrate status {}", node.env.name),
+    };
+    let out = detached::run(node, &job, &node.psql_command(""), sql.into_bytes(), say).await?;
 
     let applied = out
         .stdout()

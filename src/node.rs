@@ -154,14 +154,19 @@ impl Node {
     /// Runs SQL through psql inside the database container, as the database owner over the
     /// local socket (no password travels). The script comes on stdin.
     pub async fn psql(&self, script: &str, extra: &str) -> anyhow::Result<Output> {
+        let command = self.psql_command(extra);
+        self.run(&command, Input::Bytes(script.as_bytes().to_vec()))
+            .await
+    }
+
+    /// The command that runs psql in the database container, reading its script on stdin.
+    pub fn psql_command(&self, extra: &str) -> String {
         let db = &self.env.settings.database;
-        let command = self.infra_compose(&format!(
+        self.infra_compose(&format!(
             "exec -T -u postgres db psql -X -q -v ON_ERROR_STOP=1 -U {} -d {} {extra}",
             quote(&db.user),
             quote(&db.name)
-        ));
-        self.run(&command, Input::Bytes(script.as_bytes().to_vec()))
-            .await
+        ))
     }
 
     /// Runs a query and returns its unaligned, tuples-only output.

@@ -55,6 +55,11 @@ impl Paths {
         format!("{}/snapshots", self.base)
     }
 
+    /// Commands run apart from the SSH session (see `crate::detached`), one directory each.
+    pub fn jobs_dir(&self) -> String {
+        format!("{}/jobs", self.base)
+    }
+
     pub fn history(&self) -> String {
         format!("{}/history.jsonl", self.base)
     }

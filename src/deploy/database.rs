@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use super::{Shared, Timer};
 use crate::config::{file_name, Environment, NodeSpec};
+use crate::detached::Say;
 use crate::error::Error;
 use crate::history;
 use crate::host::Input;
@@ -181,7 +182,9 @@ async fn migrate_once(node: &Node, shared: &Shared) -> anyhow::Result<(String, O
         Some(_) => Some(take_snapshot(node, shared, state.version).await?),
         None => None,
     };
-    let (applied, after) = apply(node, &pending, snap.as_deref(), state).await?;
+    let reporter = shared.reporter.clone();
+    let say = |message: &str| reporter.info(&node.name, message);
+    let (applied, after) = apply(node, &pending, snap.as_deref(), state, &say).await?;
     let done = format!(
         "shared database: snapshot {}, migrations {applied:?} applied once in {:.1}s; {}",
         snap.as_deref().unwrap_or("skipped (empty database)"),
@@ -235,6 +238,7 @@ pub(super) async fn apply(
     pending: &[Migration],
     snap: Option<&str>,
     before: SchemaState,
+    say: Say<'_>,
 ) -> anyhow::Result<(Vec<u64>, SchemaState)> {
     if before.version.is_some() {
         match snap {
@@ -243,8 +247,12 @@ pub(super) async fn apply(
         }
     }
 
-    let applied = migrate::apply(node, pending).await.map_err(|e| {
+    let applied = migrate::apply(node, pending, say).await.map_err(|e| {
         let snap = snap.unwrap_or("none (the database was empty)");
+        // Unreachable, the node may still be migrating: the advice would not hold.
+        if !node.host.connected() {
+            return e.context(format!("snapshot taken before migrating: {snap}"));
+        }
         e.context(format!(
             "snapshot taken before migrating: {snap}; the tool never forces the version: \
              see `slipway migrate status`, fix the cause, then `slipway migrate recover`"

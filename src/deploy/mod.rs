@@ -105,7 +105,7 @@ pub async fn run(
     }
     let database = database::find(&env, &nodes).map(SharedDatabase::of);
     // The shared database's node when only its database takes part: locked, not deployed.
-    let db_only = db_only.and_then(|_| Some((nodes.pop()?, locks.pop()?)));
+    let mut db_only = db_only.and_then(|_| Some((nodes.pop()?, locks.pop()?)));
 
     reporter.info(
         "local",
@@ -139,7 +139,11 @@ pub async fn run(
         reporter: reporter.clone(),
         database,
     };
-    if let Err(e) = database::prepare(&mut shared).await {
+    let prepared = match database::prepare(&mut shared).await {
+        Ok(()) => hold_database_lock(&mut locks, &nodes, db_only.as_mut(), &shared).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = prepared {
         release_locks(locks, &nodes, db_only).await;
         return Err(e);
     }
@@ -158,6 +162,34 @@ pub async fn run(
     let ended = rollout::run(jobs, opts.rollout, &reporter).await;
     release_locks(Vec::new(), &[], db_only).await;
     finish(ended?, &reporter)
+}
+
+/// Takes the shared database node's lock again if its connection was reopened while the
+/// database was prepared (the lock went with the old connection); fails if another
+/// operation took it meanwhile.
+async fn hold_database_lock(
+    locks: &mut [Lock],
+    nodes: &[Node],
+    db_only: Option<&mut (Node, Lock)>,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let Some(db) = &shared.database else {
+        return Ok(());
+    };
+    let held = match db_only {
+        Some((node, lock)) => lock.hold_again(node).await?,
+        None => match nodes.iter().position(|n| n.name == db.node.name) {
+            Some(i) => locks[i].hold_again(&nodes[i]).await?,
+            None => false,
+        },
+    };
+    if held {
+        shared.reporter.info(
+            &db.node.name,
+            "the lock, dropped with the lost connection, is held again by this deploy",
+        );
+    }
+    Ok(())
 }
 
 /// Releases the locks of `nodes`, and that of the node taking part for its database only.

@@ -420,14 +420,20 @@ impl Deploy {
             version: self.schema_version,
             dirty: false,
         };
+        let (reporter, name) = (self.shared.reporter.clone(), self.node.name.clone());
+        let say = move |message: &str| reporter.info(&name, message);
+        let snap = self.snapshot.as_deref();
         let (applied, state) =
-            database::apply(self.db(), &self.pending, self.snapshot.as_deref(), before).await?;
+            database::apply(self.db(), &self.pending, snap, before, &say).await?;
         self.schema_version = state.version;
         self.info(&format!(
             "migrations applied: {:?}; schema version {}",
             applied,
             state.version.map_or("none".into(), |v| v.to_string())
         ));
+        if self.lock.hold_again(&self.node).await? {
+            self.info("the lock, dropped with the lost connection, is held again by this deploy");
+        }
         Ok(())
     }
 

@@ -37,7 +37,21 @@ impl Deploy {
         }
 
         let mut cause_text = format!("{cause:#}");
+        if step == "migrate"
+            && cause
+                .downcast_ref::<super::interrupt::Interrupted>()
+                .is_some()
+        {
+            cause_text.push_str(&format!(
+                "; a migration that had started runs on to its end on the node, apart from the \
+                 SSH session: see `slipway migrate status {}`",
+                self.node.env.name
+            ));
+        }
         let mut next = hint(step);
+        if let Some(lost) = cause.downcast_ref::<crate::lock::Lost>() {
+            next = lost.next.clone();
+        }
         if !self.node.host.connected() {
             cause_text = format!(
                 "the node could not be reached: its SSH connection was lost during the step, \

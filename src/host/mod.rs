@@ -106,6 +106,26 @@ pub trait Host: Send + Sync {
         true
     }
 
+    /// Opens a new connection after this one was lost, trying for a bounded time
+    /// ([`Host::reconnect_window`]); every command run afterwards uses it. Whatever ran in
+    /// the old connection's channels ended with it, held commands (the lock) included.
+    async fn reconnect(&self) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "{}: this connection cannot be opened again",
+            self.describe()
+        )
+    }
+
+    /// How many times [`Host::reconnect`] opened a new connection.
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    /// How long [`Host::reconnect`] keeps trying.
+    fn reconnect_window(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Bytes sent to the node so far.
     fn bytes_sent(&self) -> u64 {
         0

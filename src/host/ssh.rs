@@ -1,11 +1,13 @@
-//! Nodes reached over SSH (russh): one connection per node, reused by every step.
+//! Nodes reached over SSH (russh): one connection per node, reused by every step, and
+//! opened again (within a bounded time) when a step that outlives its session asks for it
+//! after the connection was lost (see `crate::detached`).
 //!
 //! The host key is checked against known_hosts before authentication; an unknown or changed
 //! key ends the connection before any command runs. Agent forwarding is never requested.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -42,62 +44,123 @@ pub struct SshTarget {
 
 pub struct SshHost {
     target: SshTarget,
-    handle: Handle<Verifier>,
+    /// The open connection; replaced by [`Host::reconnect`] after one is lost.
+    link: RwLock<Arc<Link>>,
+    /// How many times the connection was opened again.
+    generation: AtomicU64,
+    /// One reconnect at a time.
+    reconnecting: tokio::sync::Mutex<()>,
     sent: Arc<AtomicU64>,
-    /// The jump host's connection, which carries this one.
+}
+
+/// One open connection: the session, and the jump host's connection that carries it.
+struct Link {
+    handle: Handle<Verifier>,
     _via: Option<Box<SshHost>>,
 }
 
 impl SshHost {
     /// Connects, verifies the host key and authenticates.
     pub async fn connect(target: SshTarget) -> anyhow::Result<Self> {
-        let via = match &target.jump {
-            Some(jump) => Some(Box::new(
-                Box::pin(SshHost::connect((**jump).clone()))
-                    .await
-                    .with_context(|| format!("jump host {}", jump.address))?,
-            )),
-            None => None,
-        };
-        let deadline = Instant::now() + target.connect_timeout;
-        let (connected, verdict) = handshake(&target, via.as_deref(), deadline).await?;
-        let mut handle = match connected {
-            Err(e) => return Err(refusal(&target, &verdict).unwrap_or_else(|| anyhow!(e))),
-            Ok(handle) => handle,
-        };
-
-        within(
-            &target,
-            deadline,
-            "authentication",
-            authenticate(&mut handle, &target),
-        )
-        .await??;
-        tracing::info!(address = %target.address, port = target.port, "ssh connection opened");
+        let link = open(&target).await?;
         Ok(SshHost {
             target,
-            handle,
+            link: RwLock::new(Arc::new(link)),
+            generation: AtomicU64::new(0),
+            reconnecting: tokio::sync::Mutex::new(()),
             sent: Arc::new(AtomicU64::new(0)),
-            _via: via,
         })
     }
 
-    async fn exec(&self, command: &str) -> anyhow::Result<russh::Channel<client::Msg>> {
-        if self.handle.is_closed() {
+    /// The connection in use now.
+    fn link(&self) -> Arc<Link> {
+        match self.link.read() {
+            Ok(link) => link.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Opens connections until one succeeds or the reconnect window has passed.
+    async fn open_again(&self) -> anyhow::Result<Link> {
+        let window = reconnect_window(&self.target);
+        let deadline = Instant::now() + window;
+        let mut pause = Duration::from_secs(1);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match open(&self.target).await {
+                Ok(link) => return Ok(link),
+                Err(e) => e,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{}: no new SSH connection within {}s ({attempts} attempts); the last \
+                     one said: {error:#}",
+                    self.describe(),
+                    window.as_secs()
+                );
+            }
+            tracing::info!(host = %self.describe(), attempts, "reconnect failed: {error:#}");
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn exec(
+        &self,
+        command: &str,
+    ) -> anyhow::Result<(russh::Channel<client::Msg>, Arc<Link>)> {
+        let link = self.link();
+        if link.handle.is_closed() {
             bail!(
                 "{}: the SSH connection was lost (closed by the network or the node); \
                  nothing more could be run there",
                 self.describe()
             );
         }
-        let channel = self
+        let channel = link
             .handle
             .channel_open_session()
             .await
             .with_context(|| format!("{}: cannot open an SSH channel", self.describe()))?;
         channel.exec(true, command).await?;
-        Ok(channel)
+        Ok((channel, link))
     }
+}
+
+/// How long [`Host::reconnect`] keeps trying: six connect timeouts (a minute with the
+/// default of 10 s). An attempt begun inside the window gets its whole connect timeout.
+fn reconnect_window(target: &SshTarget) -> Duration {
+    target.connect_timeout * 6
+}
+
+/// Connects (through the jump host, if any), verifies the host key and authenticates.
+async fn open(target: &SshTarget) -> anyhow::Result<Link> {
+    let via = match &target.jump {
+        Some(jump) => Some(Box::new(
+            Box::pin(SshHost::connect((**jump).clone()))
+                .await
+                .with_context(|| format!("jump host {}", jump.address))?,
+        )),
+        None => None,
+    };
+    let deadline = Instant::now() + target.connect_timeout;
+    let (connected, verdict) = handshake(target, via.as_deref(), deadline).await?;
+    let mut handle = match connected {
+        Err(e) => return Err(refusal(target, &verdict).unwrap_or_else(|| anyhow!(e))),
+        Ok(handle) => handle,
+    };
+
+    within(
+        target,
+        deadline,
+        "authentication",
+        authenticate(&mut handle, target),
+    )
+    .await??;
+    tracing::info!(address = %target.address, port = target.port, "ssh connection opened");
+    Ok(Link { handle, _via: via })
 }
 
 type Seen = Arc<Mutex<Option<(Verdict, PublicKey)>>>;
@@ -133,7 +196,8 @@ async fn handshake(
     let handshake = "the SSH handshake";
     let connected = match via {
         Some(jump) => {
-            let tunnel = jump.handle.channel_open_direct_tcpip(
+            let link = jump.link();
+            let tunnel = link.handle.channel_open_direct_tcpip(
                 &target.address,
                 target.port.into(),
                 "127.0.0.1",
@@ -339,7 +403,7 @@ impl Host for SshHost {
     }
 
     async fn run(&self, command: &str, input: Input) -> anyhow::Result<Output> {
-        let channel = self.exec(command).await?;
+        let (channel, link) = self.exec(command).await?;
         let (mut reader, writer) = channel.split();
 
         let sent = self.sent.clone();
@@ -367,7 +431,7 @@ impl Host for SshHost {
         }
 
         feed.abort();
-        if out.code.is_none() && self.handle.is_closed() {
+        if out.code.is_none() && link.handle.is_closed() {
             bail!(
                 "{}: the SSH connection was lost while a command ran",
                 self.describe()
@@ -381,7 +445,7 @@ impl Host for SshHost {
         command: &str,
         sink: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> anyhow::Result<Output> {
-        let mut channel = self.exec(command).await?;
+        let (mut channel, link) = self.exec(command).await?;
         channel.eof().await?;
 
         let mut out = Output::default();
@@ -394,7 +458,7 @@ impl Host for SshHost {
             }
         }
         sink.flush().await?;
-        if out.code.is_none() && self.handle.is_closed() {
+        if out.code.is_none() && link.handle.is_closed() {
             bail!(
                 "{}: the SSH connection was lost while a command ran",
                 self.describe()
@@ -404,9 +468,10 @@ impl Host for SshHost {
     }
 
     async fn hold(&self, command: &str) -> anyhow::Result<Box<dyn Held>> {
-        let channel = self.exec(command).await?;
+        let (channel, link) = self.exec(command).await?;
         Ok(Box::new(SshHeld {
             channel,
+            _link: link,
             pending: Vec::new(),
             exited: false,
             code: None,
@@ -418,7 +483,30 @@ impl Host for SshHost {
     }
 
     fn connected(&self) -> bool {
-        !self.handle.is_closed()
+        !self.link().handle.is_closed()
+    }
+
+    async fn reconnect(&self) -> anyhow::Result<()> {
+        let _one_at_a_time = self.reconnecting.lock().await;
+        if self.connected() {
+            return Ok(());
+        }
+        let link = self.open_again().await?;
+        match self.link.write() {
+            Ok(mut slot) => *slot = Arc::new(link),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(link),
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(host = %self.describe(), "reconnected");
+        Ok(())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn reconnect_window(&self) -> Duration {
+        reconnect_window(&self.target)
     }
 }
 
@@ -441,6 +529,8 @@ async fn pump(
 
 struct SshHeld {
     channel: russh::Channel<client::Msg>,
+    /// The connection the command runs on, kept open while it is held.
+    _link: Arc<Link>,
     pending: Vec<u8>,
     exited: bool,
     code: Option<i32>,
