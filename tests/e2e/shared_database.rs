@@ -27,13 +27,19 @@ fn position(events: &[serde_json::Value], kind: &str, step: &str, node: Option<&
         .unwrap_or_else(|| panic!("no {kind} event of step {step} on {node:?}: {events:#?}"))
 }
 
-#[test]
-fn fc07_nodes_sharing_a_database_migrate_it_once_before_any_switch() {
-    let mut project = Project::new("e2e-fc07", 18140, 3);
+/// Three nodes that use node-1's database, published on a port of this test's own.
+fn sharing_node_1s_database(env: &str, http_port: u16) -> Project {
+    let mut project = Project::new(env, http_port, 3);
     project.set_extra(&format!(
         "database:\n  node: node-1\n  port: {}\n",
-        project.http_port + 7000
+        http_port + 7000
     ));
+    project
+}
+
+#[test]
+fn fc07_nodes_sharing_a_database_migrate_it_once_before_any_switch() {
+    let project = sharing_node_1s_database("e2e-fc07", 18140);
     project.deploy().assert_code(0);
     assert_eq!(containers(&project, 0, "db"), 1, "node-1 runs the database");
     for node in 1..3 {
@@ -106,11 +112,7 @@ fn fc07_nodes_sharing_a_database_migrate_it_once_before_any_switch() {
 /// refused while a plain one works.
 #[test]
 fn a_node_deployed_alone_migrates_the_shared_database_on_its_own_node() {
-    let mut project = Project::new("e2e-fc07-limit", 18141, 3);
-    project.set_extra(&format!(
-        "database:\n  node: node-1\n  port: {}\n",
-        project.http_port + 7000
-    ));
+    let project = sharing_node_1s_database("e2e-fc07-limit", 18141);
     let v1 = project.deploy_first_release();
 
     project.write(
