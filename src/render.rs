@@ -219,7 +219,7 @@ fn database_vars(env: &Environment, node: &str) -> Value {
         "publish": null,
         "runs_here": runs_here,
     });
-    let Some(address) = db.shared_address(&s.nodes) else {
+    let Some(address) = db.shared_address() else {
         return vars;
     };
     let address = if address.contains(':') {
@@ -322,7 +322,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = sample_env(
             dir.path(),
-            "database: {node: n1, port: 6543}\nnodes:\n  - {name: n1, address: 10.1.1.1, user: d}\n  \
+            "database: {node: n1, address: 10.1.1.1, port: 6543}\nnodes:\n  - {name: n1, address: 10.1.1.1, user: d}\n  \
              - {name: n2, address: 10.1.1.2, user: d}\n",
         );
         let paths = Paths::new(&env);

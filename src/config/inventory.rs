@@ -84,9 +84,9 @@ pub struct Database {
     /// `address:port`, and a deploy snapshots and migrates it once, before any node starts
     /// its new release.
     pub node: Option<String>,
-    /// Where the other nodes reach that database: an address of the database node on a
-    /// private network (the port is published on it, and on nothing else). Default: the
-    /// node's own `address`.
+    /// Where the other nodes reach that database: an IP address of the database node on a
+    /// private network (the port is published on it, and on nothing else). Required with
+    /// `node`: the node's SSH address is often a public one.
     pub address: Option<String>,
     pub port: u16,
 }
@@ -391,24 +391,37 @@ fn validate(settings: &Settings, file: &str) -> Result<(), Error> {
     validate_shared_database(settings, file)
 }
 
-/// `database.node` names a node of the environment, and the other nodes have an address
-/// to reach its database at.
+/// `database.node` names a node of the environment, and `database.address` is an IP
+/// address of it for the other nodes (never a default: a node's SSH address is often a
+/// public one, and the database would be published there).
 fn validate_shared_database(settings: &Settings, file: &str) -> Result<(), Error> {
     let Some(name) = &settings.database.node else {
         return Ok(());
     };
-    let Some(node) = settings.nodes.iter().find(|n| &n.name == name) else {
+    if !settings.nodes.iter().any(|n| &n.name == name) {
         return Err(Error::config(
             file,
             format!("key `database.node` names `{name}`, which is not a node of this file"),
             "name the node that runs the shared database, or remove the key",
         ));
-    };
-    if settings.database.address.is_none() && node.address.is_none() {
+    }
+    let address = settings.database.address.as_deref().unwrap_or_default();
+    if address.parse::<IpAddr>().is_err() {
         return Err(Error::config(
             file,
-            format!("key `database.node` is `{name}`, which has no `address` to reach it at"),
-            "set `database.address` to the node's private address the other nodes reach",
+            format!(
+                "key `database.node` is `{name}`, and `database.address` is {}: it must be an \
+                 IP address of {name}",
+                if address.is_empty() {
+                    "missing".to_string()
+                } else {
+                    format!("`{address}`")
+                }
+            ),
+            format!(
+                "set `database.address` to the private IP address of {name} the other nodes \
+                 reach; the database is published there and nowhere else"
+            ),
         ));
     }
     Ok(())
@@ -416,14 +429,9 @@ fn validate_shared_database(settings: &Settings, file: &str) -> Result<(), Error
 
 impl Database {
     /// Where the other nodes reach the shared database (`None`: each node has its own).
-    pub fn shared_address(&self, nodes: &[NodeSpec]) -> Option<String> {
-        let name = self.node.as_ref()?;
-        self.address.clone().or_else(|| {
-            nodes
-                .iter()
-                .find(|n| &n.name == name)
-                .and_then(|n| n.address.clone())
-        })
+    pub fn shared_address(&self) -> Option<String> {
+        self.node.as_ref()?;
+        self.address.clone()
     }
 }
 
@@ -541,7 +549,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_shared_database_must_name_a_node_with_an_address() {
+    fn a_shared_database_must_name_a_node_and_an_ip_address_of_it() {
         let dir = tempfile::tempdir().unwrap();
         let write = |text: &str| {
             std::fs::create_dir_all(dir.path().join("inventory")).unwrap();
@@ -555,16 +563,23 @@ mod tests {
         let err = load(dir.path(), "prod").unwrap_err().to_string();
         assert!(err.contains("`db-9`, which is not a node"), "{err}");
 
-        write("database: {node: web-1}\nnodes:\n  - {name: web-1, connection: local}\n");
+        let web_1 = "nodes:\n  - {name: web-1, address: web-1.example.org, user: deploy}\n";
+        write(&format!("database: {{node: web-1}}\n{web_1}"));
         let err = load(dir.path(), "prod").unwrap_err().to_string();
-        assert!(err.contains("no `address`"), "{err}");
+        assert!(err.contains("`database.address` is missing"), "{err}");
 
-        write(
-            "database: {node: web-1}\nnodes:\n  - {name: web-1, address: 10.0.0.1, user: deploy}\n",
-        );
+        write(&format!(
+            "database: {{node: web-1, address: web-1.lan}}\n{web_1}"
+        ));
+        let err = load(dir.path(), "prod").unwrap_err().to_string();
+        assert!(err.contains("must be an IP address of web-1"), "{err}");
+
+        write(&format!(
+            "database: {{node: web-1, address: 10.0.0.1}}\n{web_1}"
+        ));
         let settings = load(dir.path(), "prod").unwrap();
         assert_eq!(
-            settings.database.shared_address(&settings.nodes).as_deref(),
+            settings.database.shared_address().as_deref(),
             Some("10.0.0.1")
         );
     }

@@ -31,7 +31,8 @@ fn position(events: &[serde_json::Value], kind: &str, step: &str, node: Option<&
 fn sharing_node_1s_database(env: &str, http_port: u16) -> Project {
     let mut project = Project::new(env, http_port, 3);
     project.set_extra(&format!(
-        "database:\n  node: node-1\n  port: {}\n",
+        "database:\n  node: node-1\n  address: {}\n  port: {}\n",
+        project.nodes[0].address,
         http_port + 7000
     ));
     project
