@@ -6,16 +6,20 @@
 
 use anyhow::{bail, Context};
 
-use super::{Shared, Timer};
+use std::sync::Arc;
+
+use super::{connect_all, lock_all, Shared, Timer};
 use crate::config::{file_name, Environment, NodeSpec};
 use crate::detached::Say;
 use crate::error::Error;
 use crate::history;
 use crate::host::Input;
 use crate::image;
+use crate::lock::Lock;
 use crate::migrate::{self, Migration, SchemaState};
 use crate::node::{quote, Node};
 use crate::render::{self, Renderer};
+use crate::report::Reporter;
 use crate::snapshot;
 use crate::switch;
 
@@ -40,9 +44,40 @@ impl SharedDatabase {
     }
 }
 
+/// The selected nodes, connected and locked (all or none), and the shared database's node.
+pub(crate) struct Locked {
+    pub nodes: Vec<Node>,
+    pub locks: Vec<Lock>,
+    /// The node running the database the nodes share, if they share one.
+    pub database: Option<Node>,
+    /// That node and its lock, when the selection leaves it out: it takes part for its
+    /// database only, locked but not deployed.
+    pub db_only: Option<(Node, Lock)>,
+}
+
+/// Connects to and locks the selected nodes and, when they share a database, its node too.
+pub(crate) async fn connect_and_lock(
+    env: &Arc<Environment>,
+    specs: Vec<NodeSpec>,
+    id: &str,
+    reporter: &Reporter,
+) -> anyhow::Result<Locked> {
+    let (specs, added) = with_database_node(env, specs);
+    let mut nodes = connect_all(env, &specs).await?;
+    let mut locks = lock_all(&nodes, id, reporter).await?;
+    let database = find(env, &nodes);
+    let db_only = added.and_then(|_| Some((nodes.pop()?, locks.pop()?)));
+    Ok(Locked {
+        nodes,
+        locks,
+        database,
+        db_only,
+    })
+}
+
 /// The node specs to connect and lock: the selection, plus the shared database's node
 /// when the selection leaves it out. Returns that node's name when it was added.
-pub(crate) fn with_database_node(
+fn with_database_node(
     env: &Environment,
     mut specs: Vec<NodeSpec>,
 ) -> (Vec<NodeSpec>, Option<String>) {
@@ -63,7 +98,7 @@ pub(crate) fn with_database_node(
 }
 
 /// The connected node that runs the shared database, if the environment has one.
-pub(crate) fn find(env: &Environment, nodes: &[Node]) -> Option<Node> {
+fn find(env: &Environment, nodes: &[Node]) -> Option<Node> {
     let name = env.settings.database.node.as_ref()?;
     nodes.iter().find(|n| &n.name == name).cloned()
 }

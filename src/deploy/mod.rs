@@ -97,15 +97,19 @@ pub async fn run(
     let selected: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     reporter.start_run(&env, &deploy_id, "deploy", Some(&name), &selected)?;
 
-    let (specs, db_only) = database::with_database_node(&env, specs);
-    let mut nodes = connect_all(&env, &specs).await?;
-    let mut locks = lock_all(&nodes, &deploy_id, &reporter).await?;
+    let database::Locked {
+        nodes,
+        mut locks,
+        database,
+        mut db_only,
+    } = database::connect_and_lock(&env, specs, &deploy_id, &reporter).await?;
     for (lock, node) in locks.iter_mut().zip(&nodes) {
         lock.step(node, "build").await;
     }
-    let database = database::find(&env, &nodes).map(SharedDatabase::of);
-    // The shared database's node when only its database takes part: locked, not deployed.
-    let mut db_only = db_only.and_then(|_| Some((nodes.pop()?, locks.pop()?)));
+    if let Some((node, lock)) = db_only.as_mut() {
+        lock.step(node, "build").await;
+    }
+    let database = database.map(SharedDatabase::of);
 
     reporter.info(
         "local",

@@ -15,9 +15,7 @@ use anyhow::bail;
 
 use super::rollout::{self, Job, Rollout};
 use super::steps::dirty_message;
-use super::{
-    ask, connect_all, database, finish, interrupt, lock_all, release_locks, Shared, SharedDatabase,
-};
+use super::{ask, database, finish, interrupt, release_locks, Shared, SharedDatabase};
 use crate::config::Environment;
 use crate::error::Error;
 use crate::fleet;
@@ -73,11 +71,12 @@ pub async fn run(
     let selected: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     reporter.start_run(&env, &deploy_id, "rollback", None, &selected)?;
 
-    let (specs, db_only) = database::with_database_node(&env, specs);
-    let mut nodes = connect_all(&env, &specs).await?;
-    let mut locks = lock_all(&nodes, &deploy_id, &reporter).await?;
-    let db = database::find(&env, &nodes);
-    let db_only = db_only.and_then(|_| Some((nodes.pop()?, locks.pop()?)));
+    let database::Locked {
+        nodes,
+        locks,
+        database: db,
+        db_only,
+    } = database::connect_and_lock(&env, specs, &deploy_id, &reporter).await?;
     let planned = plan_all(&nodes, db.as_ref(), opts).await;
     let plans = match planned.and_then(|plans| confirm(&plans, opts).map(|()| plans)) {
         Ok(plans) => plans,

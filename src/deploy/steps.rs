@@ -274,9 +274,11 @@ impl Deploy {
 
     async fn ship_images(&mut self) -> anyhow::Result<()> {
         let images = &self.shared.images;
-        let runs_db = self.infra_services().contains(&"db");
-        let tags = [&images.postgres, &images.nginx, &self.shared.release.image];
-        for tag in tags.into_iter().skip(usize::from(!runs_db)) {
+        let mut tags = vec![&images.nginx, &self.shared.release.image];
+        if self.infra_services().contains(&"db") {
+            tags.insert(0, &images.postgres);
+        }
+        for tag in tags {
             let sent = image::ship(&self.node, tag, &self.shared.saved).await?;
             if sent > 0 {
                 self.info(&format!("shipped {tag} ({:.1} MB)", sent as f64 / 1e6));
