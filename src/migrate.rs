@@ -155,20 +155,18 @@ pub fn pending(all: &[Migration], state: SchemaState) -> Vec<Migration> {
         .collect()
 }
 
-/// Reads `schema_migrations`; an absent table means nothing was ever applied.
+/// Reads `schema_migrations`; an absent table means nothing was ever applied. One psql
+/// run: the row is only asked for when the table exists.
 pub async fn state(node: &Node) -> anyhow::Result<SchemaState> {
-    let exists = node
-        .query("SELECT to_regclass('public.schema_migrations') IS NOT NULL;")
-        .await?;
-    if exists != "t" {
-        return Ok(SchemaState::default());
-    }
-
-    let row = node
-        .query("SELECT version || '|' || dirty FROM schema_migrations LIMIT 1;")
-        .await?;
+    let row = node.query(STATE_SQL).await?;
     parse_row(&row)
 }
+
+const STATE_SQL: &str = r"SELECT (to_regclass('public.schema_migrations') IS NOT NULL)::int AS has_table \gset
+\if :has_table
+SELECT version || '|' || dirty FROM schema_migrations LIMIT 1;
+\endif
+";
 
 /// `version|dirty` as psql prints it; an empty answer (no row) is no version. A negative
 /// version is golang-migrate's `NilVersion` (-1): no version, with whatever dirty flag.

@@ -127,18 +127,36 @@ impl Node {
         )
     }
 
-    /// `docker exec` of `command` (already quoted for the shell) in the running container
-    /// of the infra project's `service`, found by the labels compose gives it. For commands
-    /// run many times a second across a fleet (health probes): `docker compose exec` first
-    /// loads the whole project, which costs twice the CPU of this on a node.
+    /// `docker exec` of `command` (already quoted for the shell) in the container of the
+    /// infra project's `service`, by the name compose gives it (`<project>-<service>-1`):
+    /// `docker compose exec` first loads the whole project, which costs a node twice the
+    /// CPU of this, and a fleet deploy runs these many times a second.
     pub fn infra_exec(&self, service: &str, command: &str) -> String {
+        self.infra_exec_with(service, "", command)
+    }
+
+    /// [`Node::infra_exec`] with options for `docker exec` (`-i` to pass stdin on,
+    /// `-u postgres`).
+    pub fn infra_exec_with(&self, service: &str, flags: &str, command: &str) -> String {
+        let container = format!("{}-{service}-1", self.paths.infra_project());
+        format!("docker exec {flags} {} {command}", quote(&container))
+    }
+
+    /// The infra project's services that have a running container (`docker ps` by label:
+    /// no compose project to load).
+    pub async fn infra_running(&self) -> anyhow::Result<Vec<String>> {
+        let command = format!(
+            "{} --format '{{{{.Label \"com.docker.compose.service\"}}}}'",
+            self.infra_ps()
+        );
+        let out = self.sh(&command).await?;
+        Ok(out.lines().map(|l| l.trim().to_string()).collect())
+    }
+
+    fn infra_ps(&self) -> String {
         format!(
-            "c=$(docker ps -q --filter label=com.docker.compose.project={project} \
-               --filter label=com.docker.compose.service={service} | head -n 1) && \
-             if [ -z \"$c\" ]; then echo 'service \"'{service}'\" is not running' >&2; exit 1; fi && \
-             exec docker exec \"$c\" {command}",
-            project = quote(&self.paths.infra_project()),
-            service = quote(service),
+            "docker ps --filter status=running --filter label=com.docker.compose.project={}",
+            quote(&self.paths.infra_project())
         )
     }
 
@@ -162,11 +180,12 @@ impl Node {
     /// The command that runs psql in the database container, reading its script on stdin.
     pub fn psql_command(&self, extra: &str) -> String {
         let db = &self.env.settings.database;
-        self.infra_compose(&format!(
-            "exec -T -u postgres db psql -X -q -v ON_ERROR_STOP=1 -U {} -d {} {extra}",
+        let psql = format!(
+            "psql -X -q -v ON_ERROR_STOP=1 -U {} -d {} {extra}",
             quote(&db.user),
             quote(&db.name)
-        ))
+        );
+        self.infra_exec_with("db", "-i -u postgres", &psql)
     }
 
     /// Runs a query and returns its unaligned, tuples-only output.

@@ -55,11 +55,14 @@ pub async fn extensions(node: &Node) -> anyhow::Result<Extensions> {
 /// file is a readable dump.
 pub async fn contents(node: &Node, name: &str) -> anyhow::Result<String> {
     let pg_restore = snapshot::sibling(&snapshot::server_pg_dump(node).await?, "pg_restore");
-    let command = node.infra_compose(&format!(
-        "exec -T db {} --list {}",
-        quote(&pg_restore),
-        quote(&format!("/snapshots/{name}"))
-    ));
+    let command = node.infra_exec(
+        "db",
+        &format!(
+            "{} --list {}",
+            quote(&pg_restore),
+            quote(&format!("/snapshots/{name}"))
+        ),
+    );
     node.sh(&command)
         .await
         .with_context(|| format!("{}: snapshot {name} is not a readable dump", node.name))
@@ -91,7 +94,7 @@ pub async fn restore(node: &Node, name: &str) -> anyhow::Result<()> {
         user = quote(&db.user),
         dbname = quote(&db.name),
     );
-    let command = node.infra_compose(&format!("exec -T -u postgres db sh -c {}", quote(&inner)));
+    let command = node.infra_exec_with("db", "-i -u postgres", &format!("sh -c {}", quote(&inner)));
     let out = node
         .run(&command, Input::Bytes(prelude.into_bytes()))
         .await?;

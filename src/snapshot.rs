@@ -98,7 +98,7 @@ pub async fn take(node: &Node, commit: &str) -> anyhow::Result<String> {
         dbname = quote(&db.name),
         wait = node.env.settings.snapshot_lock_wait_seconds.max(1),
     );
-    let command = node.infra_compose(&format!("exec -T db sh -c {}", quote(&inner)));
+    let command = node.infra_exec("db", &format!("sh -c {}", quote(&inner)));
     node.sh(&command).await.context(
         "snapshot failed (no file was kept under a snapshot's name); no migration was run",
     )?;
@@ -126,7 +126,7 @@ pub async fn server_pg_dump(node: &Node) -> anyhow::Result<String> {
     );
     let out = node
         .run(
-            &node.infra_compose(&format!("exec -T db sh -c {}", quote(&probe))),
+            &node.infra_exec("db", &format!("sh -c {}", quote(&probe))),
             crate::host::Input::None,
         )
         .await?;

@@ -387,13 +387,7 @@ fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
 }
 
 async fn require_database(node: &Node) -> anyhow::Result<()> {
-    let running = node
-        .run(
-            &node.infra_compose("ps --status running --services"),
-            crate::host::Input::None,
-        )
-        .await?;
-    if !running.stdout().lines().any(|l| l.trim() == "db") {
+    if !node.infra_running().await?.iter().any(|s| s == "db") {
         bail!(Error::Step {
             node: node.name.clone(),
             step: "database".into(),

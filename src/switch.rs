@@ -32,7 +32,7 @@ pub async fn point_nginx(
     let script = format!("nginx -t 2>&1 || exit {TEST_REFUSED}; nginx -s reload");
     let out = node
         .run(
-            &node.infra_compose(&format!("exec -T nginx sh -c {}", quote(&script))),
+            &node.infra_exec("nginx", &format!("sh -c {}", quote(&script))),
             crate::host::Input::None,
         )
         .await?;

@@ -21,6 +21,9 @@ use crate::switch;
 /// Free space a node needs under its state directory before a deploy starts.
 const MIN_FREE_BYTES: u64 = 1 << 30;
 
+/// Exit code of the preflight check when `docker compose` is not there.
+const NO_COMPOSE: i32 = 45;
+
 /// One node's deploy in progress: what it changed so far, so a failure can be undone.
 pub(super) struct Deploy {
     pub node: Node,
@@ -165,17 +168,13 @@ impl Deploy {
     async fn preflight(&mut self) -> anyhow::Result<()> {
         let node = &self.node;
         let docker = node.docker_version().await?;
-        let compose = node
-            .sh("docker compose version --short")
-            .await
-            .context("the docker compose plugin is missing on the node")?;
+        let compose = self.check_compose_and_space().await?;
         tracing::info!(node = %node.name, docker = docker.trim(), compose = compose.trim(), "preflight");
         self.engine_start_interval = docker
             .split_whitespace()
             .nth(1)
             .is_some_and(|api| api_at_least(api, (1, 44)));
 
-        self.check_free_space().await?;
         self.old_color = switch::active_color(node).await?;
         self.old_release = history::read(node).await?.last().map(|r| r.release.clone());
         self.new_color = self.old_color.as_deref().map_or("blue", switch::other);
@@ -235,13 +234,27 @@ impl Deploy {
         migrate::state(self.db()).await
     }
 
-    async fn check_free_space(&self) -> anyhow::Result<()> {
+    /// The compose plugin's version (it must be there) and enough free disk under the
+    /// environment's directory, in one command.
+    async fn check_compose_and_space(&self) -> anyhow::Result<String> {
         let base = quote(self.node.paths.base());
-        let out = self
-            .node
-            .sh(&format!("mkdir -p {base} && df -Pk {base} | tail -n 1"))
-            .await?;
-        let free_kb: u64 = out
+        let command = format!(
+            "docker compose version --short || exit {NO_COMPOSE}; \
+             mkdir -p {base} && df -Pk {base} | tail -n 1"
+        );
+        let out = self.node.run(&command, Input::None).await?;
+        if out.code == Some(NO_COMPOSE) {
+            bail!(
+                "the docker compose plugin is missing on the node: {}",
+                out.tail(2)
+            );
+        }
+        if !out.success() {
+            bail!("cannot read the free disk space: {}", out.tail(3));
+        }
+        let text = out.stdout();
+        let (compose, df) = text.split_once('\n').unwrap_or((&text, ""));
+        let free_kb: u64 = df
             .split_whitespace()
             .nth(3)
             .and_then(|v| v.parse().ok())
@@ -254,22 +267,11 @@ impl Deploy {
                 MIN_FREE_BYTES >> 20
             );
         }
-        Ok(())
+        Ok(compose.trim().to_string())
     }
 
     async fn database_running(&self) -> anyhow::Result<bool> {
-        let db = self.db();
-        let ps = db
-            .run(
-                &format!(
-                    "[ -f {} ] && {}",
-                    quote(&db.paths.infra_compose()),
-                    db.infra_compose("ps --status running --services")
-                ),
-                Input::None,
-            )
-            .await?;
-        Ok(ps.success() && ps.stdout().lines().any(|s| s.trim() == "db"))
+        Ok(self.db().infra_running().await?.iter().any(|s| s == "db"))
     }
 
     async fn ship_images(&mut self) -> anyhow::Result<()> {
@@ -342,13 +344,9 @@ impl Deploy {
         )
         .await?;
 
-        let running = self
-            .node
-            .sh(&self.node.infra_compose("ps --status running --services"))
-            .await?;
-        let running: Vec<&str> = running.lines().map(str::trim).collect();
+        let running = self.node.infra_running().await?;
         let services = self.infra_services();
-        if services.iter().all(|s| running.contains(s)) {
+        if services.iter().all(|s| running.iter().any(|r| r == s)) {
             return Ok(());
         }
         let what = match services.len() {
