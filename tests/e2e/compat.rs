@@ -296,10 +296,12 @@ fn advisory_locks(project: &Project) -> Option<String> {
     .ok()
 }
 
-/// Waits (while a deploy runs) for the first advisory lock whose holder runs `pg_sleep`.
-fn lock_while_sleeping(project: &Project, limit: Duration) -> Option<String> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
+/// Waits, while `deploy` runs, for the first advisory lock whose holder runs `pg_sleep`.
+/// On a fresh machine the deploy first builds and ships every image, so the wait lasts as
+/// long as the deploy does (at most 20 minutes), not a fixed guess of how long that takes.
+fn lock_while_sleeping(project: &Project, deploy: &mut std::process::Child) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    while Instant::now() < deadline && matches!(deploy.try_wait(), Ok(None)) {
         let held = advisory_locks(project).unwrap_or_default();
         if let Some(line) = held.lines().find(|l| l.contains("pg_sleep")) {
             return Some(line.to_string());
@@ -317,8 +319,8 @@ fn compat_golang_migrate_continues_after_slipway() {
     let project = Project::new("e2e-compat-lock", 18221, 1);
     project.write("migrations/000004_wait.up.sql", "SELECT pg_sleep(5);\n");
     project.commit("v1 with a migration that takes 5 s");
-    let deploy = project.slipway().args(["deploy", &project.env]).spawn();
-    let held = lock_while_sleeping(&project, Duration::from_secs(240));
+    let mut deploy = project.slipway().args(["deploy", &project.env]).spawn();
+    let held = lock_while_sleeping(&project, &mut deploy);
     let run = crate::support::Run::from(deploy.wait_with_output().unwrap());
     run.assert_code(0)
         .assert_stderr_has("migrations applied: [1, 2, 3, 4]");
