@@ -291,15 +291,7 @@ pub(crate) async fn connect_all(
         tasks.spawn(async move { (i, connect_usable(&env, &spec).await) });
     }
 
-    let mut nodes: Vec<(usize, Node)> = Vec::new();
-    let mut errors = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        match done? {
-            (i, Ok(node)) => nodes.push((i, node)),
-            (i, Err(e)) => errors.push((i, e)),
-        }
-    }
-    errors.sort_by_key(|(i, _)| *i);
+    let (nodes, errors) = in_order(tasks).await?;
     if let Some((i, cause)) = errors.into_iter().next() {
         return Err(Error::Step {
             node: specs[i].name.clone(),
@@ -310,8 +302,26 @@ pub(crate) async fn connect_all(
         }
         .into());
     }
-    nodes.sort_by_key(|(i, _)| *i);
     Ok(nodes.into_iter().map(|(_, n)| n).collect())
+}
+
+/// Waits for every task and splits what they returned into successes and failures, each
+/// in inventory order (the index a task was spawned with).
+async fn in_order<T: 'static, E: 'static>(
+    mut tasks: tokio::task::JoinSet<(usize, Result<T, E>)>,
+) -> anyhow::Result<(Vec<(usize, T)>, Vec<(usize, E)>)> {
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            (i, Ok(value)) => done.push((i, value)),
+            (i, Err(e)) => failed.push((i, e)),
+        }
+    }
+
+    done.sort_by_key(|(i, _)| *i);
+    failed.sort_by_key(|(i, _)| *i);
+    Ok((done, failed))
 }
 
 /// Connects and checks that Docker answers for this user, before any lock or build.
@@ -335,16 +345,7 @@ pub(crate) async fn lock_all(
         tasks.spawn(async move { (i, lock::acquire(&node, holder).await) });
     }
 
-    let mut taken = Vec::new();
-    let mut refused = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        match done? {
-            (i, Ok(lock)) => taken.push((i, lock)),
-            (i, Err(e)) => refused.push((i, e)),
-        }
-    }
-    taken.sort_by_key(|(i, _)| *i);
-    refused.sort_by_key(|(i, _)| *i);
+    let (taken, refused) = in_order(tasks).await?;
 
     if let Some((_, e)) = refused.into_iter().next() {
         for (i, lock) in taken {
