@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::config::{Environment, NodeSpec};
-use crate::host::{Host, Input, Output};
+use crate::host::{runtime_retry, Host, Input, Output};
 use crate::paths::Paths;
 
 const DOCKER_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
@@ -28,10 +28,11 @@ pub fn quote(word: &str) -> String {
 }
 
 impl Node {
-    /// Runs a command and returns its output whatever the exit code.
+    /// Runs a command and returns its output whatever the exit code. A `docker exec` the
+    /// container runtime never started is run again (see [`runtime_retry`]).
     pub async fn run(&self, command: &str, input: Input) -> anyhow::Result<Output> {
         tracing::debug!(node = %self.name, %command, "run");
-        self.host.run(command, input).await
+        runtime_retry::run(self.host.as_ref(), command, input).await
     }
 
     /// Runs a command that must succeed; the error quotes the end of its output.

@@ -7,6 +7,7 @@
 pub mod credentials;
 pub mod known_hosts;
 mod local;
+pub mod runtime_retry;
 mod ssh;
 pub mod ssh_config;
 
