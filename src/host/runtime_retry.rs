@@ -21,15 +21,13 @@ const NEVER_STARTED: &str =
 /// the runtime never started. Input streamed from elsewhere cannot be sent twice, so such
 /// a command runs once.
 pub async fn run(host: &dyn Host, command: &str, input: Input) -> anyhow::Result<Output> {
-    let replay = match &input {
-        Input::None => Some(None),
-        Input::Bytes(bytes) => Some(Some(bytes.clone())),
-        Input::Stream(_) => None,
+    let bytes = match input {
+        Input::Stream(_) => return host.run(command, input).await,
+        Input::Bytes(bytes) => Some(bytes),
+        Input::None => None,
     };
-    let mut out = host.run(command, input).await?;
-    let Some(replay) = replay else {
-        return Ok(out);
-    };
+    let input = || bytes.clone().map_or(Input::None, Input::Bytes);
+    let mut out = host.run(command, input()).await?;
 
     for pause in PAUSES {
         if !never_started(&out) {
@@ -37,8 +35,7 @@ pub async fn run(host: &dyn Host, command: &str, input: Input) -> anyhow::Result
         }
         tracing::warn!(%command, "the container runtime did not start `docker exec`; running it again");
         tokio::time::sleep(pause).await;
-        let again = replay.clone().map_or(Input::None, Input::Bytes);
-        out = host.run(command, again).await?;
+        out = host.run(command, input()).await?;
     }
     Ok(out)
 }
